@@ -1,0 +1,3 @@
+"""topoverify: executable verification of topological invariance and breakdown in learning."""
+
+__version__ = "0.1.0"
