@@ -1,0 +1,332 @@
+"""Symbolic forms of T1–T6 (topoverify.symbolic) and the numeric functions lambdified from them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import topoverify.symbolic as S
+from topoverify.errors import TopoverifyError
+
+pos_K = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
+pos_lr = st.floats(min_value=1e-6, max_value=10.0, allow_nan=False, allow_infinity=False)
+unit_x = st.floats(min_value=0.0, max_value=0.999999, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------- T1
+
+
+def test_T1_field_identity_residuals_vanish():
+    # default: tanh layer, tanh output; and a different activation / output non-linearity, 3 neurons
+    assert all(r == 0 for r in S.field_identity_residuals())
+    res = S.field_identity_residuals(3, 3, activation=lambda u: u**3 + sp.sin(u), output=sp.exp)
+    assert len(res) == 9 and all(r == 0 for r in res)
+
+
+def test_T1_transposition_identity_for_generic_equivariant_rule():
+    rule = S.generic_equivariant_rule(3)
+    assert all(r == 0 for r in S.equivariance_residuals(rule))  # the generic rule is equivariant on S_3
+    assert all(r == 0 for r in S.transposition_identity_residuals(3))
+    assert all(r == 0 for r in S.transposition_identity_residuals(4))
+
+
+def test_T1_transposition_identity_fails_with_unpermuted_per_coordinate_noise():
+    res = S.transposition_identity_residuals(3, noise=True)
+    assert any(r != 0 for r in res)
+
+
+# --------------------------------------------------------------------------------------------- T2
+
+
+def test_T2_one_step_bounds_expressions():
+    lo, hi = S.one_step_bounds()
+    assert sp.simplify(lo - (1 - S.ETA * S.K)) == 0
+    assert sp.simplify(hi - (1 + S.ETA * S.K)) == 0
+    assert S.ONE_STEP_BOUNDS == (lo, hi)
+    # function form with other arguments
+    a, b = sp.symbols("a b", positive=True)
+    assert S.one_step_bounds(a, b) == (1 - a * b, 1 + a * b)
+    # the interval is centred at 1 with half-width eta*K
+    assert sp.simplify((lo + hi) / 2) == 1 and sp.simplify((hi - lo) / 2 - S.ETA * S.K) == 0
+
+
+@given(K=st.floats(min_value=0.0, max_value=1e4, allow_nan=False), lr=pos_lr)
+def test_T2_numeric_bounds_agree_with_sympy(K, lr):
+    lo_e, hi_e = S.one_step_bounds()
+    lo, hi = S.bounds_numeric(K, lr)
+    exact_lo = float(lo_e.subs({S.K: sp.Float(K), S.ETA: sp.Float(lr)}))
+    exact_hi = float(hi_e.subs({S.K: sp.Float(K), S.ETA: sp.Float(lr)}))
+    assert isinstance(lo, float) and isinstance(hi, float)
+    assert lo == pytest.approx(exact_lo, rel=1e-12, abs=1e-12)
+    assert hi == pytest.approx(exact_hi, rel=1e-12, abs=1e-12)
+    # numpy arrays and torch tensors give the same numbers
+    lo_np, hi_np = S.bounds_numeric(np.array([K, K]), lr)
+    lo_t, hi_t = S.bounds_numeric(torch.tensor([K, K], dtype=torch.float64), lr)
+    assert isinstance(lo_t, torch.Tensor) and lo_t.dtype == torch.float64
+    np.testing.assert_allclose(lo_np, [lo, lo], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lo_t.numpy(), [lo, lo], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(hi_t.numpy(), hi_np, rtol=1e-12)
+
+
+def test_T2_numeric_bounds_torch_keeps_dtype_and_broadcasts():
+    lo, hi = S.bounds_numeric(torch.tensor([1.0, 2.0], dtype=torch.float32), torch.tensor(0.1))
+    assert lo.dtype == torch.float32
+    torch.testing.assert_close(lo, torch.tensor([0.9, 0.8]))
+    torch.testing.assert_close(hi, torch.tensor([1.1, 1.2]))
+    lo_inf, hi_inf = S.bounds_numeric(math.inf, 0.1)
+    assert lo_inf == -math.inf and hi_inf == math.inf
+
+
+# --------------------------------------------------------------------------------------------- T3
+
+
+def test_T3_solved_eta_star_is_one_over_K():
+    solved = S.solve_eta_star()
+    assert sp.simplify(solved - 1 / S.K) == 0
+    assert sp.simplify(S.ETA_STAR - 1 / S.K) == 0
+    # eta* is the boundary of the positivity condition: below it the condition holds, above it fails
+    cond = S.positivity_condition()
+    assert cond.subs(S.ETA, S.ETA_STAR / 2) == sp.true
+    assert cond.subs(S.ETA, 2 * S.ETA_STAR) == sp.false
+    assert sp.simplify(S.one_step_bounds()[0].subs(S.ETA, S.ETA_STAR)) == 0
+    # the solver works for other symbols too (it is not a stored constant)
+    a, b = sp.symbols("a b", positive=True)
+    assert sp.simplify(S.solve_eta_star(a, b) - 1 / b) == 0
+
+
+@given(K=pos_K)
+def test_T3_eta_star_numeric_matches_solver(K):
+    exact = float(S.ETA_STAR.subs(S.K, sp.Float(K, 30)))
+    assert S.eta_star_numeric(K) == pytest.approx(exact, rel=1e-12)
+    assert S.eta_star_numeric(K) == pytest.approx(1.0 / K, rel=1e-12)
+    t = S.eta_star_numeric(torch.tensor([K], dtype=torch.float64))
+    assert float(t[0]) == pytest.approx(1.0 / K, rel=1e-12)
+
+
+def test_T3_eta_star_edge_cases():
+    assert S.eta_star_numeric(0.0) == math.inf
+    assert S.eta_star_numeric(math.inf) == 0.0
+    np.testing.assert_array_equal(S.eta_star_numeric(np.array([0.0, 4.0])), [math.inf, 0.25])
+    t = S.eta_star_numeric(torch.tensor([0.0, 4.0]))
+    assert torch.isinf(t[0]) and float(t[1]) == 0.25
+
+
+# --------------------------------------------------------------------------------------------- T4
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_T4_composition_equals_product(n):
+    lo_c, hi_c = S.compose_one_step(n)
+    lo_p, hi_p = S.multistep_bounds(n)
+    assert sp.expand(lo_c - lo_p.doit()) == 0
+    assert sp.expand(hi_c - hi_p.doit()) == 0
+
+
+def test_T4_constant_rate_is_power():
+    lo, hi = S.constant_rate_multistep_bounds()
+    assert sp.simplify(lo - (1 - S.ETA * S.K) ** S.T) == 0
+    assert sp.simplify(hi - (1 + S.ETA * S.K) ** S.T) == 0
+    # composing the constant one-step bound T times gives the same thing
+    for n in (1, 4):
+        lo_c, hi_c = S.compose_one_step(n)
+        subs = {S.ETA_T[t]: S.ETA for t in range(1, n + 1)} | {S.K_T[t]: S.K for t in range(1, n + 1)}
+        assert sp.expand(lo_c.subs(subs) - lo.subs(S.T, n)) == 0
+        assert sp.expand(hi_c.subs(subs) - hi.subs(S.T, n)) == 0
+
+
+@given(
+    data=st.lists(
+        st.tuples(st.floats(0.0, 50.0, allow_nan=False), st.floats(1e-4, 0.5, allow_nan=False)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_T4_numeric_multistep_composes(data):
+    Ks = np.array([k for k, _ in data])
+    lrs = np.array([lr for _, lr in data])
+    res = S.multistep_bounds_numeric(Ks, lrs)
+    lower, upper = res  # unpacks like a tuple
+    # reference: compose the one-step numeric bounds step by step, clipping the lower factor at 0
+    lo_ref, hi_ref = 1.0, 1.0
+    for k, lr in data:
+        lo1, hi1 = S.bounds_numeric(k, lr)
+        lo_ref *= max(lo1, 0.0)
+        hi_ref *= hi1
+    assert lower == pytest.approx(lo_ref, rel=1e-9, abs=1e-300)
+    assert upper == pytest.approx(hi_ref, rel=1e-9)
+    assert res.clipped == any(k * lr >= 1 for k, lr in data)
+    # and the symbolic product, evaluated, agrees where all factors are positive
+    if not res.clipped:
+        n = len(data)
+        lo_e, hi_e = S.multistep_bounds(n)
+        subs = {S.ETA_T[t + 1]: sp.Float(lr, 30) for t, (_, lr) in enumerate(data)}
+        subs |= {S.K_T[t + 1]: sp.Float(k, 30) for t, (k, _) in enumerate(data)}
+        assert lower == pytest.approx(float(lo_e.doit().subs(subs)), rel=1e-9, abs=1e-300)
+        assert upper == pytest.approx(float(hi_e.doit().subs(subs)), rel=1e-9)
+    # cumulative form: numpy and torch agree and end at the totals
+    cum = S.multistep_bounds_numeric(Ks, lrs, cumulative=True)
+    cum_t = S.multistep_bounds_numeric(torch.tensor(Ks), torch.tensor(lrs), cumulative=True)
+    np.testing.assert_allclose(cum_t.lower.numpy(), cum.lower, rtol=1e-12)
+    np.testing.assert_allclose(cum_t.upper.numpy(), cum.upper, rtol=1e-12)
+    assert cum.lower[-1] == pytest.approx(lower, rel=1e-12, abs=1e-300)
+    assert np.all(np.diff(cum.upper) >= 0)
+
+
+def test_T4_two_negative_factors_do_not_make_a_positive_lower_bound():
+    res = S.multistep_bounds_numeric([20.0, 20.0], 0.1)  # raw factors (-1)(-1) = 1 would be wrong
+    assert res.lower == 0.0 and res.clipped and res.first_nonpositive_step == 0
+    assert res.upper == pytest.approx(9.0)
+    assert "clipped" in str(res)
+
+
+# --------------------------------------------------------------------------------------------- T5
+
+
+def test_T5_epsilon_picks_lower_side():
+    assert S.lower_side_dominates()
+    assert sp.simplify(S.EPSILON + sp.log(1 - S.ETA * S.K)) == 0
+    # the max(log b, -log a) form evaluated at a point of the preserving phase gives the lower side
+    a, b = S.one_step_bounds()
+    eps_max = S.interleaving_epsilon(a, b)
+    for x in (sp.Rational(1, 10), sp.Rational(1, 2), sp.Rational(99, 100)):
+        v = eps_max.subs({S.ETA: x, S.K: 1})
+        assert sp.simplify(v - (-sp.log(1 - x))) == 0
+
+
+@given(x=unit_x)
+def test_T5_epsilon_at_least_log_one_plus(x):
+    assert -math.log1p(-x) >= math.log1p(x) - 1e-15
+    eps = S.epsilon_numeric(1.0, x) if x > 0 else 0.0
+    assert eps >= math.log1p(x) - 1e-12
+
+
+def test_T5_epsilon_blows_up_at_eta_star():
+    assert S.epsilon_blows_up_at_eta_star()
+    assert sp.limit(S.EPSILON.subs(S.ETA, S.X / S.K), S.X, 1, dir="-") == sp.oo
+    assert S.epsilon_numeric(2.0, 0.5) == math.inf
+    assert S.epsilon_numeric(2.0, 0.6) == math.inf
+    assert S.epsilon_numeric(2.0, 0.5 - 1e-12) > 20
+
+
+@given(K=st.floats(min_value=0.0, max_value=1e3, allow_nan=False), lr=pos_lr)
+def test_T5_epsilon_numeric_agrees_with_sympy(K, lr):
+    eps = S.epsilon_numeric(K, lr)
+    if K * lr >= 1:
+        assert eps == math.inf
+    else:
+        exact = float(S.EPSILON.subs({S.K: sp.Float(K, 30), S.ETA: sp.Float(lr, 30)}))
+        assert eps == pytest.approx(exact, rel=1e-9, abs=1e-15)
+    t = S.epsilon_numeric(torch.tensor([K], dtype=torch.float64), lr)
+    n = S.epsilon_numeric(np.array([K]), lr)
+    assert float(t[0]) == pytest.approx(float(n[0]), rel=1e-12, abs=1e-15) or (
+        math.isinf(float(t[0])) and math.isinf(float(n[0]))
+    )
+
+
+def test_T5_scale_free_epsilon_is_smaller():
+    x = sp.Symbol("x", positive=True)
+    e_sf = S.EPSILON_SCALE_FREE.subs(S.ETA, x / S.K)
+    e = S.EPSILON.subs(S.ETA, x / S.K)
+    # eps - eps_scale_free = (-log(1-x) - log(1+x))/2 = -log(1 - x^2)/2 >= 0
+    diff = sp.simplify(sp.expand_log(e - e_sf, force=True) - (-sp.log(1 - x) - sp.log(1 + x)) / 2)
+    assert diff == 0
+    assert sp.simplify(e_sf.rewrite(sp.atanh) - sp.atanh(x)) == 0 or math.isclose(
+        float(e_sf.subs(x, sp.Rational(1, 3))), math.atanh(1 / 3), rel_tol=1e-12
+    )
+
+
+# --------------------------------------------------------------------------------------------- T6
+
+
+def test_T6_absorbing_residuals_vanish():
+    assert S.absorbing_symmetry_residuals() == [0, 0]
+    assert S.absorbing_symmetry_residuals(4, 1, 3) == [0, 0]
+
+
+def test_T6_per_coordinate_noise_leaves_residual():
+    du, ds = S.absorbing_symmetry_residuals(noise=True)
+    xi0, xi1 = sp.symbols("xi0 xi1", real=True)
+    assert sp.simplify(du - (xi0 - xi1)) == 0
+    assert ds == 0
+
+
+# --------------------------------------------------------------------------------------------- summary / CLI
+
+
+def test_bound_summary_fields_and_str():
+    s = S.bound_summary(2.5, 0.1, 10)
+    assert s.eta_star == pytest.approx(0.4)
+    assert s.phase == "preserving"
+    assert (s.one_step_lower, s.one_step_upper) == pytest.approx((0.75, 1.25))
+    assert s.multistep_lower == pytest.approx(0.75**10) and s.multistep_upper == pytest.approx(1.25**10)
+    assert s.epsilon == pytest.approx(-math.log(0.75))
+    assert s.survival_threshold == pytest.approx(2 * s.epsilon)
+    text = str(s)
+    assert "eta*" in text and "preserving" in text and "10-step" in text
+    d = s.to_dict()
+    json.dumps(d)
+    assert d["phase"] == "preserving" and d["steps"] == 10
+
+
+def test_bound_summary_breakdown_phase_and_json_infinities():
+    s = S.bound_summary(2.5, 0.5, 3)
+    assert s.phase == "breakdown-possible"
+    assert s.epsilon == math.inf and s.multistep_lower == 0.0 and s.multistep_clipped
+    d = s.to_dict()
+    assert d["epsilon"] == "inf"
+    json.dumps(d, allow_nan=False)
+    z = S.bound_summary(0.0, 0.1, 5)
+    assert z.eta_star == math.inf and z.epsilon == 0.0 and z.phase == "preserving"
+    assert (z.multistep_lower, z.multistep_upper) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        ((-1.0, 0.1, 1), "K"),
+        ((float("nan"), 0.1, 1), "K"),
+        ((1.0, 0.0, 1), "lr"),
+        ((1.0, -0.1, 1), "lr"),
+        ((1.0, float("nan"), 1), "lr"),
+        ((1.0, float("inf"), 1), "lr"),
+        ((1.0, 0.1, 0), "steps"),
+        ((1.0, 0.1, 2.5), "steps"),
+        (("2", 0.1, 1), "K"),
+    ],
+)
+def test_bad_inputs_raise(args, word):
+    with pytest.raises(TopoverifyError, match=word):
+        S.bound_summary(*args)
+
+
+def test_bad_numeric_inputs_raise():
+    with pytest.raises(TopoverifyError, match="K"):
+        S.bounds_numeric(-1.0, 0.1)
+    with pytest.raises(TopoverifyError, match="lr"):
+        S.epsilon_numeric(1.0, np.array([0.1, float("nan")]))
+    with pytest.raises(TopoverifyError, match="K"):
+        S.eta_star_numeric(torch.tensor([1.0, -2.0]))
+    with pytest.raises(TopoverifyError, match="1-D"):
+        S.multistep_bounds_numeric(np.ones((2, 2)), 0.1)
+    with pytest.raises(TopoverifyError):
+        S.compose_one_step(0)
+    with pytest.raises(TopoverifyError):
+        S.absorbing_symmetry_residuals(3, 1, 1)
+
+
+def test_run_bounds_command(capsys):
+    assert S.run_bounds_command(2.5, 0.1, 10) == 0
+    out = capsys.readouterr().out
+    assert "eta* = 1/K" in out and "0.4" in out
+    assert S.run_bounds_command(2.5, 0.1, 10, json_output=True) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["eta_star"] == pytest.approx(0.4)
+    assert S.run_bounds_command(-2.5, 0.1, 10) == 2
+    assert "K must be" in capsys.readouterr().err

@@ -1,0 +1,118 @@
+"""T5 on real optimizer steps: K predicted from the pre-step state, then ripser's diagrams before and after a
+real SGD step are within the log-scale bottleneck ε = −log(1 − ηK) and features with log-persistence > 2ε
+survive. K is never measured from the step it bounds (THEORY "What counts as a check")."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from topoverify import topology as T
+from topoverify.layouts import detect_layers, neuron_cloud
+from topoverify.predict import predict_step
+from topoverify.scenarios import circle_scenario
+from topoverify.strategies.models import ArchSpec, make_batch
+from topoverify.verify import take_step
+
+# ripser computes in float32: diagram values carry a relative rounding of ~6e-8, i.e. ~1e-7 in log scale
+LOG_TOL = 1e-5
+
+
+@st.composite
+def smooth_mlps(draw):
+    widths = tuple(draw(st.lists(st.integers(3, 12), min_size=1, max_size=2)))
+    return ArchSpec(kind="mlp", in_features=draw(st.integers(1, 4)), widths=widths,
+                    out_features=draw(st.integers(1, 3)), activation=draw(st.sampled_from(["tanh", "gelu", "sigmoid"])),
+                    bias=draw(st.booleans()))
+
+
+def _diagrams(cloud):
+    return T.persistence(cloud, maxdim=1).diagrams
+
+
+def _log_persistence(dgm):
+    d = dgm[dgm[:, 1] > dgm[:, 0]]
+    with np.errstate(divide="ignore"):
+        return np.log(d[:, 1]) - np.log(d[:, 0])
+
+
+def _check_T5(before, after, eps):
+    """Return the largest log-bottleneck over H0, H1; assert survival of the features above 2 eps."""
+    dist = max(T.log_bottleneck(before[k], after[k]) for k in range(2))
+    if math.isfinite(eps):
+        for k in (0, 1):
+            survivors = T.surviving_features(before[k], eps)
+            # a matching within eps pairs every survivor with a point of positive log-persistence
+            assert np.sum(_log_persistence(after[k]) > 0) >= len(survivors)
+    return dist
+
+
+@given(arch=smooth_mlps(), layer_pick=st.integers(0, 1), init_seed=st.integers(0, 2**16),
+       data_seed=st.integers(0, 2**16), batch=st.integers(2, 16), frac=st.floats(0.02, 0.95))
+def test_T5_real_step_below_eta_star_keeps_diagrams_within_epsilon(arch, layer_pick, init_seed, data_seed, batch,
+                                                                    frac):
+    model = arch.build(seed=init_seed)
+    layer = detect_layers(model)[layer_pick % len(arch.widths)]
+    data = make_batch(arch, batch, data_seed, 0)
+    probe = torch.optim.SGD(model.parameters(), lr=1.0)  # K does not depend on lr; η* = 1/K
+    pred = predict_step(model, probe, _mse, data, layers=layer, hessian=False, check_layout=False).layers[0]
+    assert pred.available
+    lr = frac * pred.eta_star  # below the predicted η*
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    eps = -math.log1p(-lr * pred.K)
+    eps_cert = -math.log1p(-lr * pred.K_upper) if lr * pred.K_upper < 1 else math.inf
+    before = neuron_cloud(model, layer).detach()
+    stepped, _, _ = take_step(model, opt, _mse, data)
+    after = neuron_cloud(stepped, layer).detach()
+    db, da = _diagrams(before), _diagrams(after)
+    dist = _check_T5(db, da, eps)
+    note(f"{arch}, layer {layer.name}, lr={lr:.4g}, K={pred.K:.4g}, K_upper={pred.K_upper:.4g}, "
+         f"eps={eps:.4g}, eps_cert={eps_cert:.4g}, log-bottleneck={dist:.4g}")
+    assert dist <= eps + LOG_TOL            # with the estimate K
+    assert dist <= eps_cert + LOG_TOL       # with the certified K_upper (eps_cert >= eps)
+    # robust Betti numbers of H1 are kept when no feature lies within 2 eps of the threshold
+    lp = _log_persistence(db[1])
+    thr = T.DEFAULT_LOG_THRESHOLD
+    if not np.any(np.abs(lp - thr) <= 2 * eps + LOG_TOL):
+        assert T.robust_betti(after, maxdim=1)[1] == T.robust_betti(before, maxdim=1)[1]
+
+
+def _mse(model, batch):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+def test_T5_real_step_on_the_circle_scenario_keeps_beta1():
+    s = circle_scenario()
+    model = s.model()
+    layer = detect_layers(model)[0]
+    pred = predict_step(model, s.sgd(model, 1.0), s.loss_fn, s.batch, layers=layer, hessian=False).layers[0]
+    lr = 0.8 * pred.eta_star
+    before = neuron_cloud(model, layer).detach()
+    stepped, _, _ = take_step(model, s.sgd(model, lr), s.loss_fn, s.batch)
+    after = neuron_cloud(stepped, layer).detach()
+    eps = -math.log1p(-lr * pred.K)
+    dist = _check_T5(_diagrams(before), _diagrams(after), eps)
+    assert 0 < dist <= eps + LOG_TOL
+    assert T.robust_betti(before) == T.robust_betti(after) == (1, 1)
+
+
+def test_T5_check_catches_a_wrong_K():
+    """The check can fail: a step with visible movement, held against ε from K/20, is caught."""
+    s = circle_scenario()
+    model = s.model()
+    layer = detect_layers(model)[0]
+    pred = predict_step(model, s.sgd(model, 1.0), s.loss_fn, s.batch, layers=layer, hessian=False).layers[0]
+    lr = 0.8 * pred.eta_star
+    before = neuron_cloud(model, layer).detach()
+    stepped, _, _ = take_step(model, s.sgd(model, lr), s.loss_fn, s.batch)
+    after = neuron_cloud(stepped, layer).detach()
+    dist = max(T.log_bottleneck(a, b) for a, b in zip(_diagrams(before), _diagrams(after)))
+    eps_right = -math.log1p(-lr * pred.K)
+    eps_wrong = -math.log1p(-lr * pred.K / 20)
+    assert dist <= eps_right + LOG_TOL
+    assert dist > eps_wrong + LOG_TOL  # the wrong constant is caught

@@ -1,0 +1,88 @@
+"""Core subcommands: ``verify-step`` (the default job), ``bounds`` and ``spec``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ._results import fmt, jsonable
+
+
+def register(sub) -> None:
+    p = sub.add_parser("verify-step", help="predict K and eta* and hold them against real SGD steps "
+                                           "on the embedded default scenario")
+    p.add_argument("--lr", type=float, action="append", help="learning rate (repeat for several; "
+                   "default: 0.04 and 2.5, one below and one above the predicted eta*)")
+    p.add_argument("--steps", type=int, default=3, help="steps per learning rate (default 3)")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    p.add_argument("--neurons", type=int, default=64, help="neurons in the default scenario (default 64)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.set_defaults(func=run_verify_step)
+
+    b = sub.add_parser("bounds", help="print the T2-T5 bounds for a given K, learning rate and steps")
+    b.add_argument("--K", type=float, required=True, help="Lipschitz constant of the update field")
+    b.add_argument("--lr", type=float, required=True, help="learning rate eta")
+    b.add_argument("--steps", type=int, default=1, help="number of steps at this rate (default 1)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=lambda a: _run_bounds(a))
+
+    s = sub.add_parser("spec", help="print the claims and their traceability (tests, sympy, proofs)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=lambda a: _run_spec(a))
+
+
+def _run_bounds(args) -> int:
+    from .symbolic import run_bounds_command
+    return run_bounds_command(args.K, args.lr, args.steps, json_output=args.json)
+
+
+def _run_spec(args) -> int:
+    from .spec_index import run_spec_command
+    return run_spec_command(json_output=args.json)
+
+
+def run_verify_step(args) -> int:
+    from .errors import TopoverifyError
+    from .scenarios import default_scenario
+    from .verify import take_step, verify_step
+
+    if args.steps < 1 or args.neurons < 2:
+        print("topoverify verify-step: error: --steps must be >= 1 and --neurons >= 2", file=sys.stderr)
+        return 2
+    lrs = args.lr or [0.04, 2.5]
+    if any(not lr > 0 for lr in lrs):
+        print("topoverify verify-step: error: every --lr must be > 0", file=sys.stderr)
+        return 2
+    scenario = default_scenario(n=args.neurons)
+    runs, all_hold = [], True
+    if not args.json:
+        print(f"Scenario: {scenario.description}")
+    for lr in lrs:
+        model = scenario.model()
+        opt = scenario.sgd(model, lr, momentum=args.momentum)
+        steps = []
+        for t in range(args.steps):
+            try:
+                ver = verify_step(model, opt, scenario.loss_fn, scenario.batch, step=t)
+            except TopoverifyError as exc:  # divergence is a finding, reported as such
+                steps.append({"step": t, "error": str(exc)})
+                if not args.json:
+                    print(f"lr={fmt(lr)} step {t}: {exc}")
+                break
+            all_hold &= ver.holds
+            steps.append(ver.to_dict())
+            if not args.json:
+                lv = ver.layers[0]
+                p = lv.prediction
+                print(f"lr={fmt(lr)} step {t}: K={fmt(p.K)} (cert. {fmt(p.K_upper)}), lr*K={fmt(lr * p.K_eff)}, "
+                      f"eta*={fmt(p.eta_star)}, phase={p.phase}; observed ratios "
+                      f"[{fmt(lv.min_ratio, 6)}, {fmt(lv.max_ratio, 6)}] within predicted "
+                      f"[{fmt(p.lower, 6)}, {fmt(p.upper, 6)}]: {'yes' if lv.holds else 'NO'}; "
+                      f"loss {fmt(ver.loss_before)} -> {fmt(ver.loss_after)}")
+            model, opt, _ = take_step(model, opt, scenario.loss_fn, scenario.batch)
+        runs.append({"lr": lr, "steps": steps})
+    if args.json:
+        print(json.dumps(jsonable({"scenario": scenario.name, "all_hold": all_hold, "runs": runs})))
+    else:
+        print("All predicted bounds held." if all_hold else "Some predicted bounds were VIOLATED.")
+    return 0 if all_hold else 1

@@ -1,0 +1,17 @@
+"""Permutation-equivariance checker for any optimizer (THEORY "Objects", T6).
+
+``equivariance_error(make_optimizer, **options) -> EquivarianceReport`` runs a learning rule on small
+networks and on copies with a layer's neurons permuted, and reports whether the permuted run follows the
+permutation (parameters and optimizer state, after every step). ``assert_equivariant`` raises a readable
+``AssertionError`` unless the verdict is ``"equivariant"``. ``check_identical_neurons`` checks T6.
+
+Modules: :mod:`.report` (result dataclasses), :mod:`.runner` (one example as a plain function),
+:mod:`.search` (the Hypothesis driver and verdicts).
+"""
+
+from .report import VERDICTS, Counterexample, EquivarianceReport, Mismatch, SymmetryReport
+from .runner import fixed_permutations, run_example
+from .search import assert_equivariant, check_identical_neurons, equivariance_error
+
+__all__ = ["equivariance_error", "assert_equivariant", "check_identical_neurons", "EquivarianceReport",
+           "Counterexample", "Mismatch", "SymmetryReport", "VERDICTS", "run_example", "fixed_permutations"]

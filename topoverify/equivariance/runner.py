@@ -1,0 +1,918 @@
+"""One equivariance example as a plain function (no Hypothesis): run a learning rule on a model and on a
+permuted copy with the same data, and compare the permuted run against the permutation of the original run,
+parameters and optimizer state, after every step (THEORY "Objects": U(Pθ, Ps; ξ) = P U(θ, s; ξ),
+S(Pθ, Ps; ξ) = P S(θ, s; ξ)).
+
+Errors are measured on the *movement*: for parameters the tolerance scales with max |θ_t − θ_0| of the
+tensor (so a relative 1e-7 error in a float64 update is caught although it is 1e-10 of the parameter), plus
+a few ulps of the parameter itself (the rounding of θ − u can differ by one ulp when u differs by one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import inspect
+import math
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import LayoutError
+from ..layouts import NeuronLayer, detect_layers, neuron_blocks
+from ..permute import as_permutation, flat_permutation, permute, permute_state_value, permute_tensor
+from ..strategies.models import ArchSpec, TrainingExample, make_batch, param_groups
+from .report import Mismatch
+
+# Default relative tolerances by the lowest floating precision the rule computes in. Calibrated on every
+# torch.optim rule (benchmarks/results/equivariance.md): honest float64 reordering error stays below ~1e-12
+# of the movement, so 1e-10 still catches a relative 1e-7 bug with three decades to spare.
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 6e-2, torch.float16: 2e-2}
+ULPS = 16  # absolute slack, in ulps of the tensor's magnitude
+
+
+def default_rtol(dtype: torch.dtype) -> float:
+    return RTOL.get(dtype, 1e-4)
+
+
+def optimizer_name(make_optimizer: Callable) -> str:
+    mod = getattr(make_optimizer, "__module__", "") or ""
+    name = getattr(make_optimizer, "__qualname__", None) or getattr(make_optimizer, "__name__", None)
+    if name is None:
+        return repr(make_optimizer)
+    if mod.startswith("torch.optim"):
+        mod = "torch.optim"
+    return f"{mod}.{name}" if mod and mod != "__main__" else name
+
+
+@dataclass
+class OptimizerSetup:
+    """How the rule is driven, resolved once by :func:`resolve_setup`."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    two_d_only: bool = False
+    create_graph: bool = False
+    use_closure: bool = True
+    dtype: torch.dtype = torch.float64
+    compute_dtype: torch.dtype = torch.float64
+    rtol: float = 1e-10
+    notes: list[str] = field(default_factory=list)
+
+
+class OptimizerFailure(Exception):
+    """The rule raised while being built or stepped (wraps the original exception)."""
+
+    def __init__(self, phase: str, exc: BaseException):
+        self.phase, self.exc = phase, exc
+        super().__init__(f"{phase}: {type(exc).__name__}: {exc}")
+
+
+class UnmappableState(Exception):
+    """An optimizer-state tensor whose relation to the neurons cannot be inferred from its shape."""
+
+
+class NonFinite(Exception):
+    """The original run produced a non-finite parameter (diverged): the example is not usable."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building and stepping
+# ----------------------------------------------------------------------------------------------------------
+
+_LAYER_CACHE: dict[ArchSpec, list[NeuronLayer]] = {}
+
+
+def layers_of(arch: ArchSpec, model: nn.Module) -> list[NeuronLayer]:
+    if arch not in _LAYER_CACHE:
+        _LAYER_CACHE[arch] = detect_layers(model)
+    return _LAYER_CACHE[arch]
+
+
+def build_model(example: TrainingExample, dtype: torch.dtype) -> tuple[nn.Module, NeuronLayer]:
+    model = example.arch.build(dtype, example.init_seed)
+    layer = layers_of(example.arch, model)[example.layer]
+    if example.duplicate and layer.size >= 2:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for m in layer.members:
+                t = params[m.name]
+                t.narrow(m.axis, m.block, m.block).copy_(t.narrow(m.axis, 0, m.block))
+    return model, layer
+
+
+def build_optimizer(make_optimizer: Callable, model: nn.Module, groups: str, setup: OptimizerSetup):
+    names = None
+    if setup.two_d_only:
+        names = [n for n, p in model.named_parameters() if p.dim() == 2]
+        for n, p in model.named_parameters():
+            if n not in names:
+                p.requires_grad_(False)
+    try:
+        return make_optimizer(param_groups(model, groups, names), **setup.kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure of user code is reported
+        raise OptimizerFailure("cannot be built", exc) from exc
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run with one intra-op thread (tiny tensors: threading costs more than it saves); restore after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Seed torch, numpy and ``random`` for a block; restore the previous generator states afterwards."""
+    py_state = random.getstate()
+    try:
+        import numpy as np
+        np_state = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        np = None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        if np is not None:
+            np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            if np is not None:
+                np.random.set_state(np_state)
+
+
+def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(model(x), y)
+
+
+def take_step(model: nn.Module, opt, x, y, setup: OptimizerSetup, grad_noise=None) -> None:
+    """One optimizer step on the batch ``(x, y)``. ``grad_noise(model)``, if given, perturbs the gradients
+    after every backward (the rounding-noise probe of :func:`noise_floors`)."""
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(model, x, y)
+        loss.backward(create_graph=setup.create_graph)
+        if grad_noise is not None:
+            grad_noise(model)
+        return loss
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if setup.use_closure:
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
+    except Exception as exc:  # noqa: BLE001
+        raise OptimizerFailure("cannot be stepped", exc) from exc
+
+
+def _detached(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(v) for v in value)
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # noqa: BLE001 - uncopyable objects are compared by identity only
+        return value
+
+
+@dataclass
+class Snapshot:
+    """Detached parameters and optimizer state of a run, keyed by parameter name.
+
+    ``state`` maps ``"<param>/<key>"`` (or ``"<key>"`` for state owned by no parameter) to
+    ``(param name or None, value)``; ``groups`` lists each param group's parameter names in order."""
+
+    params: dict[str, torch.Tensor]
+    state: dict[str, tuple[str | None, Any]]
+    groups: list[list[str]]
+
+
+def named_state(model: nn.Module, opt) -> dict[str, tuple[str | None, Any]]:
+    """Optimizer state keyed by parameter name (``"<name>/<key>"``), or ``"<key>"`` for global entries."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for key, value in opt.state.items():
+        if isinstance(key, torch.Tensor):
+            pname = name_of.get(id(key), "?")
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    out[f"{pname}/{k}"] = (pname, v)
+            else:
+                out[pname] = (pname, value)
+        else:
+            out[str(key)] = (None, value)
+    return out
+
+
+def snapshot(model: nn.Module, opt) -> Snapshot:
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    return Snapshot(
+        params={n: p.detach().clone() for n, p in model.named_parameters()},
+        state={k: (pname, _detached(v)) for k, (pname, v) in named_state(model, opt).items()},
+        groups=[[name_of.get(id(p), "?") for p in g["params"]] for g in opt.param_groups])
+
+
+def permute_snapshot(snap: Snapshot, layer: NeuronLayer, perm: torch.Tensor) -> Snapshot:
+    """``snap`` with ``layer``'s neurons permuted: member parameters and the state that follows them
+    (param-shaped tensors, keepdim reductions, flat per-group vectors), via :mod:`topoverify.permute`."""
+    members = {m.name: m for m in layer.members}
+    params = {n: (permute_tensor(t, members[n], perm) if n in members else t) for n, t in snap.params.items()}
+    flat = {}
+    for names in snap.groups:
+        idx = flat_permutation([(n, snap.params[n]) for n in names if n in snap.params], layer, perm)
+        for n in names:
+            flat[n] = idx
+    state = {}
+    for key, (pname, value) in snap.state.items():
+        if pname is None or pname not in snap.params:
+            state[key] = (pname, value)
+        else:
+            state[key] = (pname, _map_state(value, snap.params[pname], members.get(pname), perm, flat.get(pname)))
+    return Snapshot(params, state, snap.groups)
+
+
+def _map_state(value, param, member, perm, flat_idx):
+    """:func:`topoverify.permute.permute_state_value`, with an unmappable entry reported as such."""
+    try:
+        return permute_state_value(value, param, member, perm, flat_idx)
+    except LayoutError as exc:
+        raise UnmappableState(str(exc)) from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Comparison
+# ----------------------------------------------------------------------------------------------------------
+
+def _eps(t: torch.Tensor) -> float:
+    return torch.finfo(t.dtype).eps if t.is_floating_point() else 0.0
+
+
+def _compare_tensor(actual: torch.Tensor, expected: torch.Tensor, scale: float, rtol: float,
+                    floor: float = 0.0):
+    """(observed relative, allowed relative, observed abs, allowed abs) for one tensor.
+
+    Allowed absolute deviation: the largest of ``rtol·scale``, a few ulps of the tensor's magnitude, and
+    ``floor`` (a measured rounding-noise floor). NaN/inf at the same places on both sides count as equal."""
+    a = actual.detach()
+    e = expected.detach()
+    if not e.numel():
+        return 0.0, rtol, 0.0, 0.0
+    diff = (a - e).abs()
+    obs_abs = float(diff.max())
+    if not math.isfinite(obs_abs):
+        a64, e64 = a.to(torch.float64), e.to(torch.float64)
+        same = (torch.isnan(a64) & torch.isnan(e64)) | (torch.isinf(a64) & (a64 == e64))
+        d = torch.where(same, torch.zeros_like(a64), (a64 - e64).abs()).nan_to_num(nan=math.inf)
+        obs_abs = float(d.max())
+    mag = float(e.abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max())
+    atol = ULPS * max(_eps(e), _eps(a)) * mag
+    allowed_abs = max(rtol * scale, atol, floor)
+    denom = scale if scale > 0 else (atol / rtol if atol > 0 else 0.0)
+    obs_rel = obs_abs / denom if denom > 0 else (0.0 if obs_abs == 0 else math.inf)
+    return obs_rel, (allowed_abs / denom if denom > 0 else rtol), obs_abs, allowed_abs
+
+
+def _neurons(diff: torch.Tensor, member, n: int, allowed_abs: float, perm: torch.Tensor):
+    if member is None or diff.dim() == 0:
+        return (), ()
+    try:
+        per = neuron_blocks(diff, member, n).max(dim=1).values
+    except RuntimeError:
+        return (), ()
+    ks = tuple(int(k) for k in torch.nonzero(per > allowed_abs).flatten())
+    return ks, tuple(int(perm[k]) for k in ks)
+
+
+FLOOR_FACTOR = 1000.0  # allowed deviation, in units of the measured rounding-noise floor of a state entry
+BRANCH_COUNTERS = {"func_evals", "n_iter"}  # LBFGS: judged through the parameters they lead to
+CONVERGED = 1e3  # an example stops when its residuals reach CONVERGED ulps of the first (rounding level)
+PROBES = 4  # unpermuted, rounding-perturbed reruns that measure a rule's own round-off amplification
+COMPARABLE = 10.0  # a permuted discrepancy within this factor of the probes' own separation is numerical
+
+
+class Comparator:
+    """Compares a permuted run's parameters and state with the permuted original at each step.
+
+    ``floors`` maps ``(step, key)`` to the rounding-noise floor measured for that state entry (see
+    :func:`noise_floors`); with ``record=True`` nothing fails and every absolute deviation is stored in
+    ``self.recorded`` instead (used to measure those floors)."""
+
+    def __init__(self, layer: NeuronLayer, perm: torch.Tensor, rtol: float, floors=None, record: bool = False):
+        self.layer, self.perm, self.rtol = layer, perm, rtol
+        self.members = {m.name: m for m in layer.members}
+        self.max_rel = 0.0
+        self.floors = floors or {}
+        self.record = record
+        self.recorded: dict[tuple[int, str], float] = {}
+        self.family_scale: dict[str, float] = {}
+        self.soft: list[Mismatch] = []
+        self._soft = 0  # > 0 while checking entries that are judged softly (history lists)
+        # (step, key family) -> largest deviation relative to the tensor's scale, passing or not (used to
+        # measure how far perturbed unpermuted runs separate: :func:`rounding_sensitivity`)
+        self.rels: dict[tuple[int, str], float] = {}
+        # step -> (relative, key, observed abs, observed/allowed) of the worst hard-checked tensor at that step
+        self.worst: dict[int, tuple[float, str, float, float]] = {}
+
+    def compare(self, step: int, actual: Snapshot, expected: Snapshot,
+                expected_initial: dict[str, torch.Tensor]) -> list[Mismatch]:
+        out: list[Mismatch] = []
+        for name, a in actual.params.items():
+            e = expected.params[name]
+            scale = float((e - expected_initial[name]).abs().max()) if e.numel() else 0.0
+            self._check(out, step, f"param {name}", "param", a, e, scale, self.members.get(name), e.shape)
+        for key in sorted(set(actual.state) | set(expected.state)):
+            if key not in actual.state or key not in expected.state:
+                where = "permuted run" if key not in actual.state else "original run"
+                self._fail(out, Mismatch(step, f"state {key}", "state", math.inf, self.rtol, math.inf, 0.0,
+                                         detail=f"missing in the {where}"))
+                continue
+            pname, av = actual.state[key]
+            _, ev = expected.state[key]
+            member = self.members.get(pname) if pname else None
+            shape = expected.params[pname].shape if pname in expected.params else None
+            self._check_value(out, step, f"state {key}", av, ev, member, shape)
+        return out
+
+    def _fail(self, out, mismatch: Mismatch) -> None:
+        if not self.record:
+            out.append(mismatch)
+
+    def _check_value(self, out, step, key, av, ev, member, shape, scale=None):
+        if isinstance(av, torch.Tensor) and isinstance(ev, torch.Tensor):
+            if av.shape != ev.shape:
+                self._fail(out, Mismatch(step, key, "state", math.inf, self.rtol, math.inf, 0.0,
+                                         detail=f"shape {tuple(av.shape)} vs {tuple(ev.shape)}"))
+                return
+            if not (av.is_floating_point() or av.is_complex()):
+                if not torch.equal(av, ev):
+                    self._fail(out, Mismatch(step, key, "state", math.inf, 0.0, math.inf, 0.0,
+                                             detail="integer/bool state differs"))
+                return
+            if scale is None:
+                scale = float(ev.detach().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()) \
+                    if ev.numel() else 0.0
+            # the scale of a state entry is the largest it has been so far (LBFGS histories shrink to the
+            # rounding-noise level once converged; their noise is judged against their working size)
+            family = key.split("[")[0]
+            scale = self.family_scale[family] = max(scale, self.family_scale.get(family, 0.0))
+            self._check(out, step, key, "state", av, ev, scale, member, shape)
+        elif isinstance(av, (list, tuple)) and isinstance(ev, (list, tuple)):
+            if len(av) != len(ev):  # a history that grew differently: judged through the parameters
+                self.soft.append(Mismatch(step, key, "state", math.inf, self.rtol, math.inf, 0.0,
+                                         detail=f"length {len(av)} vs {len(ev)}"))
+                return
+            # entries of one list (LBFGS histories) share a scale: the largest magnitude among them
+            mags = [float(e.detach().abs().max()) for e in ev if isinstance(e, torch.Tensor) and e.numel()]
+            mags += [abs(float(e)) for e in ev if isinstance(e, (int, float)) and not isinstance(e, bool)]
+            list_scale = max(mags) if mags else None
+            hist: list[Mismatch] = []
+            self._soft += 1
+            try:
+                for i, (a, e) in enumerate(zip(av, ev)):
+                    self._check_value(hist, step, f"{key}[{i}]", a, e, member, shape, list_scale)
+            finally:
+                self._soft -= 1
+            if hist:  # history lists (LBFGS): a rounding-level branch flip shifts them; judged via parameters
+                self.soft.append(hist[0])
+        elif isinstance(av, dict) and isinstance(ev, dict):
+            for k in sorted(set(av) | set(ev), key=str):
+                if k in av and k in ev:
+                    self._check_value(out, step, f"{key}.{k}", av[k], ev[k], member, shape)
+        elif isinstance(av, (int, float)) and isinstance(ev, (int, float)) and not isinstance(av, bool):
+            if key.rsplit("/", 1)[-1] in BRANCH_COUNTERS:
+                out = self.soft  # inner-iteration counters: a rounding-level branch flip changes them
+            self._check_value(out, step, key, torch.tensor(float(av), dtype=torch.float64),
+                              torch.tensor(float(ev), dtype=torch.float64), None, None, scale)
+        elif isinstance(av, torch.Tensor) != isinstance(ev, torch.Tensor):
+            self._fail(out, Mismatch(step, key, "state", math.inf, self.rtol, math.inf, 0.0,
+                                     detail=f"type {type(av).__name__} vs {type(ev).__name__}"))
+
+    def _check(self, out, step, key, kind, a, e, scale, member, shape):
+        floor = FLOOR_FACTOR * self.floors.get((step, key.split("[")[0]), 0.0)
+        rel, allowed_rel, obs_abs, allowed_abs = _compare_tensor(a, e, scale, self.rtol, floor)
+        ratio = obs_abs / allowed_abs if allowed_abs > 0 else (0.0 if obs_abs == 0 else math.inf)
+        family = key.split("[")[0]
+        self.rels[(step, family)] = max(self.rels.get((step, family), 0.0), rel)
+        if out is not self.soft and not self._soft and rel > self.worst.get(step, (-1.0,))[0]:
+            self.worst[step] = (rel, key, obs_abs, ratio)
+        if self.record:
+            self.recorded[(step, key)] = obs_abs
+            return
+        if obs_abs <= allowed_abs:
+            if math.isfinite(rel):
+                self.max_rel = max(self.max_rel, rel)
+            return
+        diff = (a.detach().to(torch.float64) - e.detach().to(torch.float64)).abs().nan_to_num(nan=math.inf)
+        use_member = member if (member is not None and shape is not None and diff.shape == shape) else None
+        ks, orig = _neurons(diff, use_member, self.layer.size, allowed_abs, self.perm)
+        detail = f"rounding-noise floor x{FLOOR_FACTOR:g} = {floor:.3g}" if floor > allowed_abs / 2 else ""
+        out.append(Mismatch(step, key, kind, rel, allowed_rel, obs_abs, allowed_abs, ks, orig, detail))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One example
+# ----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ExampleResult:
+    """Outcome of :func:`run_example`: the first mismatch (if any) and bookkeeping."""
+
+    example: TrainingExample
+    mismatch: Mismatch | None = None
+    perm: tuple[int, ...] | None = None
+    layer_name: str = ""
+    moved: bool = False
+    steps_done: int = 0
+    perms_run: int = 0
+    max_rel: float = 0.0
+    error: str | None = None
+    optimizer_error: bool = False
+    compared_steps: int = 0  # steps compared (fewer than steps_done where round-off amplification cut it)
+    numerical: Mismatch | None = None  # a failure explained by the rule's own round-off amplification
+    numerical_perm: tuple[int, ...] | None = None
+    numerical_own: float = 0.0  # the unpermuted probes' separation at that step, in units of the tolerance
+    cut_by: Sensitivity | None = None  # the perturbed unpermuted runs that set ``compared_steps``, if any
+
+    @property
+    def failed(self) -> bool:
+        return self.mismatch is not None
+
+
+def fixed_permutations(n: int) -> list[tuple[int, ...]]:
+    """Identity, every adjacent transposition, and the full cycle (neuron k <- k+1)."""
+    perms = [tuple(range(n))]
+    for i in range(n - 1):
+        p = list(range(n))
+        p[i], p[i + 1] = p[i + 1], p[i]
+        perms.append(tuple(p))
+    if n > 2:
+        perms.append(tuple((k + 1) % n for k in range(n)))
+    return perms
+
+
+def trajectory(make_optimizer, model, example, setup, batches, seed, on_step, grad_noise=None) -> None:
+    """Build the rule on ``model`` and step it on ``batches`` under ``seed``; ``on_step(t, opt)`` after each."""
+    with seeded(seed):
+        opt = build_optimizer(make_optimizer, model, example.groups, setup)
+        for t, (x, y) in enumerate(batches, 1):
+            take_step(model, opt, x, y, setup, grad_noise)
+            if on_step(t, opt) is False:
+                break
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _live(model: nn.Module, opt) -> Snapshot:
+    """A non-copying view of a run's current parameters and state."""
+    return Snapshot({n: p.detach() for n, p in model.named_parameters()}, named_state(model, opt), [])
+
+
+def _run_original(make_optimizer, model, example, setup, batches, seed, grad_noise=None) -> list[Snapshot]:
+    snaps: list[Snapshot] = []
+    with torch.no_grad():
+        first = float(loss_fn(model, *batches[0])) if batches else 0.0
+    tiny = first * (CONVERGED * torch.finfo(setup.dtype).eps) ** 2
+
+    def record(t, opt):
+        if not _finite(model):
+            return False
+        with torch.no_grad():
+            if float(loss_fn(model, *batches[t - 1])) < tiny:
+                return False  # fitted to rounding level: later state is rounding noise, stop comparing here
+        snaps.append(snapshot(model, opt))
+        return True
+
+    trajectory(make_optimizer, model, example, setup, batches, seed, record, grad_noise)
+    return snaps
+
+
+def _perturbed_run(make_optimizer, initial: nn.Module, layer: NeuronLayer, example, setup, batches, seed,
+                   noise_seed: int, grads: bool = True) -> tuple[list[Snapshot], dict[str, torch.Tensor]]:
+    """Rerun the *unpermuted* example with every parameter entry - and, with ``grads``, every gradient after
+    each backward - scaled by (1 + 4 ulps x N(0, 1)) drawn from ``noise_seed``. Zeros stay zero and a
+    duplicated neuron pair stays tied (the perturbation must not break a symmetry the example relies on).
+    Returns the run's snapshots and its perturbed starting parameters."""
+    model = copy.deepcopy(initial)
+    gen = torch.Generator().manual_seed(noise_seed)
+    members = {m.name: m for m in layer.members}
+
+    def jitter(t: torch.Tensor, name: str) -> None:
+        noise = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
+        m = members.get(name)
+        if example.duplicate and m is not None and layer.size >= 2:  # keep the duplicated pair tied
+            noise.narrow(m.axis, m.block, m.block).copy_(noise.narrow(m.axis, 0, m.block))
+        t.mul_(1 + 4 * _eps(t) * noise)
+
+    def grad_noise(mdl):
+        with torch.no_grad():
+            for n, p in mdl.named_parameters():
+                if p.grad is not None:
+                    jitter(p.grad, n)
+
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            jitter(p, n)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    snaps = _run_original(make_optimizer, model, example, setup, batches, seed, grad_noise if grads else None)
+    return snaps, start
+
+
+def noise_floors(make_optimizer, initial: nn.Module, layer: NeuronLayer, example, setup, batches, seed,
+                 snaps: list[Snapshot]) -> dict[tuple[int, str], float]:
+    """Rounding-noise floor of every parameter movement and state entry at every step (see
+    :func:`floor_probe`, which also says where the floor probe itself leaves the tolerance)."""
+    return floor_probe(make_optimizer, initial, layer, example, setup, batches, seed, snaps)[0]
+
+
+def vacuous_rel(setup: OptimizerSetup) -> float:
+    """Relative deviation beyond which a perturbed unpermuted run counts as separated: beyond the dtype's
+    rtol and so large that FLOOR_FACTOR x that deviation would admit the whole quantity (a noise floor
+    measured from such a run makes the comparison vacuous)."""
+    return max(setup.rtol, 1.0 / FLOOR_FACTOR)
+
+
+def floor_probe(make_optimizer, initial: nn.Module, layer: NeuronLayer, example, setup, batches, seed,
+                snaps: list[Snapshot]) -> tuple[dict[tuple[int, str], float], Sensitivity | None]:
+    """Rounding-noise floor of every parameter movement and state entry at every step: rerun the original
+    example perturbed by a few ulps (:func:`_perturbed_run`) and record how far each state entry moves
+    (running maximum over steps). Where a rule amplifies rounding noise mildly (Adam-like rules at zero
+    gradients), reordering under a permutation can move it as far; a real bug does not shrink with the
+    perturbation. Where the perturbed run separates from the original by more than :func:`vacuous_rel` of a
+    tensor's scale, a floor x FLOOR_FACTOR would admit anything: the returned :class:`Sensitivity` (one probe)
+    has its ``horizon`` at the step before, and the example is compared only that far."""
+    try:
+        other, start = _perturbed_run(make_optimizer, initial, layer, example, setup, batches[:len(snaps)], seed,
+                                      seed + 1)
+    except OptimizerFailure:
+        return {}, None
+    ident = torch.arange(layer.size)
+    cmp = Comparator(layer, ident, setup.rtol, record=True)
+    init = {n: p.detach().clone() for n, p in initial.named_parameters()}
+    zero = {n: torch.zeros_like(p) for n, p in init.items()}
+    for t, (a, b) in enumerate(zip(other, snaps), 1):  # parameters: compare the movements
+        cmp.compare(t, Snapshot({n: v - start[n] for n, v in a.params.items()}, a.state, []),
+                    Snapshot({n: v - init[n] for n, v in b.params.items()}, b.state, []), zero)
+    floors: dict[tuple[int, str], float] = {}
+    running: dict[str, float] = {}
+    for (t, key), v in sorted(cmp.recorded.items()):  # list entries (histories) pool into one family
+        family = key.split("[")[0]
+        running[family] = max(running.get(family, 0.0), v if math.isfinite(v) else 0.0)
+        floors[(t, family)] = running[family]
+    limit = vacuous_rel(setup)
+    over = [t for t, w in cmp.worst.items() if w[0] > limit]
+    horizon = min(over) - 1 if over else len(snaps)
+    return floors, Sensitivity(horizon=horizon, steps=len(snaps), probes=1, rels=cmp.rels, worst=cmp.worst)
+
+
+@dataclass
+class Sensitivity:
+    """The rule's own round-off amplification on one example, measured by :func:`rounding_sensitivity`.
+
+    ``horizon``: the number of leading steps over which every perturbed unpermuted probe stays within the
+    tolerance (``steps`` if they all do throughout). ``rels[(t, family)]``: the largest deviation of any probe
+    from the original run at step ``t``, relative to the tensor's scale (its movement for a parameter, its
+    largest magnitude so far for state), per tensor family (``"param 0.weight"``,
+    ``"state 0.weight/prev_loss"``); ``worst[t]``: (relative, key, observed abs, observed/allowed) of the
+    probes' worst hard-checked tensor at step ``t``."""
+
+    horizon: int
+    steps: int
+    probes: int
+    rels: dict[tuple[int, str], float] = field(default_factory=dict)
+    worst: dict[int, tuple[float, str, float, float]] = field(default_factory=dict)
+
+    def separation(self, step: int, key: str | None = None) -> float:
+        """Largest relative probe deviation up to ``step``, capped at 1 (two runs cannot be more than fully
+        apart: beyond that, magnitudes after a macroscopic separation carry no information): in ``key``'s
+        tensor family when the probes measured it, otherwise over every hard-checked tensor."""
+        family = key.split("[")[0] if key else None
+        vals = [v for (t, f), v in self.rels.items() if t <= step and f == family]
+        if not vals:
+            vals = [w[0] for t, w in self.worst.items() if t <= step]
+        return min(max(vals, default=0.0), 1.0)
+
+
+def rounding_sensitivity(make_optimizer, initial: nn.Module, layer: NeuronLayer, example, setup, batches, seed,
+                         snaps: list[Snapshot], floors, probes: int = PROBES, upto: int | None = None
+                         ) -> Sensitivity:
+    """Measure how far the rule, *unpermuted*, carries rounding-level perturbations on this example.
+
+    ``probes`` reruns of the original example (no permutation anywhere) start from the original parameters
+    perturbed by a few ulps and have every gradient perturbed by a few ulps after each backward
+    (:func:`_perturbed_run`, a different noise seed each). Each is compared against the original run with the
+    very comparator (tolerances and noise floors) a permuted run faces, and the per-step, per-tensor
+    deviations are recorded. Why these perturbations: a permutation changes the order of every sum over
+    neurons (the next layer's contraction, flat dot products in the rule), i.e. it injects an independent
+    rounding error of a few ulps into every gradient and loss evaluation, at every step; perturbing only the
+    starting point would miss rules whose branch tests (LBFGS's ``tolerance_change``) react to the error made
+    *at* a step. Reordering the batch instead is no substitute (a batch of two sums the same either way), and a
+    second permutation is not a valid reference (a rule with a per-index learning rate differs between two
+    permutations as much as from the original). The probes keep a duplicated neuron pair tied, so a rule that
+    breaks a tie by index order is not excused by them. With ``upto``, only the first ``upto`` steps are
+    probed (``horizon`` is then at most ``upto``: exact when smaller).
+    """
+    snaps = snaps[:upto] if upto is not None else snaps
+    # a probe exceeds the tolerance when it fails the comparison outright, or when it separates so far that
+    # the noise floor x FLOOR_FACTOR derived from such a run would admit the whole quantity (the floors of
+    # :func:`noise_floors` make the tolerance vacuous from there on)
+    vacuous = vacuous_rel(setup)
+    sens = Sensitivity(horizon=len(snaps), steps=len(snaps), probes=0)
+    ident = torch.arange(layer.size)
+    init = {n: p.detach().clone() for n, p in initial.named_parameters()}
+    for i in range(probes):
+        try:
+            other, _ = _perturbed_run(make_optimizer, initial, layer, example, setup, batches[:len(snaps)], seed,
+                                      seed + 7919 * (i + 1))
+        except OptimizerFailure:
+            continue
+        sens.probes += 1
+        cmp = Comparator(layer, ident, setup.rtol, floors)
+        failed_at = None
+        for t, (a, b) in enumerate(zip(other, snaps), 1):
+            mism = cmp.compare(t, a, b, init)
+            if failed_at is None and (mism or cmp.worst.get(t, (0.0,))[0] > vacuous):
+                failed_at = t
+        if len(other) < len(snaps) and failed_at is None:  # the probe diverged or converged early
+            failed_at = len(other) + 1
+        if failed_at is not None:
+            sens.horizon = min(sens.horizon, failed_at - 1)
+        for k, v in cmp.rels.items():
+            sens.rels[k] = max(sens.rels.get(k, 0.0), v)
+        for t, w in cmp.worst.items():
+            if w[0] > sens.worst.get(t, (-1.0,))[0]:
+                sens.worst[t] = w
+    return sens
+
+
+def run_example(make_optimizer: Callable, example: TrainingExample, setup: OptimizerSetup, *, steps: int,
+                seed: int = 0, perms: Sequence[Sequence[int]] | None = None) -> ExampleResult:
+    """Run one example: the original trajectory once, then one permuted trajectory per permutation
+    (``perms``; default: :func:`fixed_permutations` plus ``example.perm``), stopping at the first mismatch."""
+    res = ExampleResult(example)
+    try:
+        initial, layer = build_model(example, setup.dtype)
+    except Exception as exc:  # noqa: BLE001
+        res.error = f"{example.arch.describe()}: cannot build the model: {type(exc).__name__}: {exc}"
+        return res
+    res.layer_name = layer.name
+    batches = [make_batch(example.arch, example.batch, example.data_seed, t, setup.dtype) for t in range(steps)]
+    if perms is None:
+        perms = fixed_permutations(layer.size)
+        if example.perm and tuple(example.perm) not in perms:
+            perms.append(tuple(example.perm))
+    try:
+        model = copy.deepcopy(initial)
+        snaps = _run_original(make_optimizer, model, example, setup, batches, seed)
+    except OptimizerFailure as exc:
+        res.error, res.optimizer_error = f"{example.describe()}: {exc}", True
+        return res
+    res.steps_done = len(snaps)
+    if not snaps:
+        res.error = (f"{example.describe()}: the parameters became non-finite at step 1" if not _finite(model)
+                     else f"{example.describe()}: the loss reached the rounding level at step 1")
+        return res
+    init_params = dict(initial.named_parameters())
+    with torch.no_grad():
+        res.moved = any(float((snaps[-1].params[n] - p).abs().max()) > ULPS * _eps(p) * float(p.abs().max())
+                        for n, p in init_params.items())
+    floors, own = floor_probe(make_optimizer, initial, layer, example, setup, batches, seed, snaps)
+    horizon = len(snaps)  # steps compared; shortened where the rule's own round-off amplification says so
+    if own is not None and own.horizon < horizon:
+        horizon, res.cut_by = own.horizon, own
+    sens: Sensitivity | None = None
+    rel_at: list[list[float]] = []  # per permuted run, the running largest passing deviation after each step
+    for perm in perms:
+        if horizon < 1:
+            break
+        perm_t = as_permutation(perm, layer.size)
+        cmp = Comparator(layer, perm_t, setup.rtol, floors)
+        model_b = permute(initial, layer, perm_t)
+        exp_init = {n: p.detach().clone() for n, p in model_b.named_parameters()}
+        found: list[Mismatch] = []
+        max_rel_at: list[float] = []
+
+        def check(t, opt_b, model_b=model_b, cmp=cmp, exp_init=exp_init, found=found, perm_t=perm_t,
+                  max_rel_at=max_rel_at):
+            if t > len(snaps):
+                return False
+            expected = permute_snapshot(snaps[t - 1], layer, perm_t)
+            mism = cmp.compare(t, _live(model_b, opt_b), expected, exp_init)
+            if mism:
+                found.append(max(mism, key=lambda m: (m.observed_abs / m.allowed_abs) if m.allowed_abs
+                                 else math.inf))
+                return False
+            max_rel_at.append(cmp.max_rel)
+            return True
+
+        try:
+            trajectory(make_optimizer, model_b, example, setup, batches[:horizon], seed, check)
+        except OptimizerFailure as exc:
+            res.error, res.optimizer_error = f"{example.describe()}, permutation {list(perm)}: {exc}", True
+            return res
+        except UnmappableState as exc:
+            res.error = (f"{example.describe()}: cannot say how the rule's state moves with the neurons: {exc} "
+                         f"(state that is not shaped like its parameter, a keepdim reduction of it, or a flat "
+                         f"vector over the group)")
+            res.optimizer_error = True
+            return res
+        res.perms_run += 1
+        if found:
+            m = found[0]
+            if sens is None:
+                # probing up to the failing step decides it: the failure is numerical only if some probe
+                # fails before it (then the horizon found is exact); later permutations stop at that horizon
+                sens = rounding_sensitivity(make_optimizer, initial, layer, example, setup, batches, seed, snaps,
+                                            floors, upto=m.step)
+            perm_rel = min(m.observed, 1.0)  # relative to the tensor's scale, capped like the probes'
+            own = sens.separation(m.step, m.key)
+            if sens.probes and m.step > sens.horizon and own * COMPARABLE >= perm_rel:
+                # numerical: the rule, unpermuted, amplifies a few ulps past the tolerance by this step
+                if sens.horizon < horizon:
+                    horizon, res.cut_by = sens.horizon, sens
+                if res.numerical is None or m.step < res.numerical.step:
+                    res.numerical = m
+                    res.numerical_perm = tuple(int(i) for i in perm_t)
+                    res.numerical_own = own
+                rel_at.append(max_rel_at)
+                continue
+            res.mismatch, res.perm = m, tuple(int(i) for i in perm_t)
+            if sens.probes:
+                why = (f"they stay within the tolerance up to step {min(sens.horizon, m.step)}"
+                       if m.step <= sens.horizon else
+                       f"they separate by {own:.3g} (relative) by then, less than 1/{COMPARABLE:g} of this")
+                res.mismatch = dataclasses.replace(m, detail="; ".join(filter(None, [m.detail, (
+                    f"not explained by round-off: unpermuted runs perturbed by a few ulps "
+                    f"({sens.probes} probes): {why}")])))
+            res.max_rel = max(res.max_rel, cmp.max_rel)
+            return res
+        rel_at.append(max_rel_at)
+    # largest passing relative deviation over the compared steps only
+    res.max_rel = max([r[min(horizon, len(r)) - 1] for r in rel_at if r and horizon >= 1], default=0.0)
+    res.compared_steps = max(horizon, 0)
+    if horizon < len(snaps):
+        with torch.no_grad():
+            res.moved = horizon >= 1 and any(
+                float((snaps[horizon - 1].params[n] - p).abs().max()) > ULPS * _eps(p) * float(p.abs().max())
+                for n, p in init_params.items())
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Setup resolution (closure, create_graph, 2-D only), compute precision, randomness
+# ----------------------------------------------------------------------------------------------------------
+
+PROBE = TrainingExample(ArchSpec("mlp", 2, (4,), 1, "tanh", True), layer=0, perm=(1, 0, 2, 3), init_seed=1,
+                        data_seed=2, batch=6)
+
+
+def _accepts_closure(opt) -> bool:
+    try:
+        sig = inspect.signature(opt.step)
+    except (TypeError, ValueError):
+        return True
+    return "closure" in sig.parameters or any(
+        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()) or bool(sig.parameters)
+
+
+def resolve_setup(make_optimizer: Callable, kwargs: dict, dtype: torch.dtype, *, create_graph: bool | None,
+                  rtol: float | None) -> OptimizerSetup:
+    """Find how to drive the rule on a probe example; raise :class:`OptimizerFailure` if nothing works."""
+    first_error: OptimizerFailure | None = None
+    model, _ = build_model(PROBE, dtype)
+    batches = [make_batch(PROBE.arch, PROBE.batch, PROBE.data_seed, t, dtype) for t in range(2)]
+    graph_options = [False, True] if create_graph is None else [bool(create_graph)]
+    for two_d in (False, True):
+        for cg in graph_options:
+            setup = OptimizerSetup(kwargs=dict(kwargs), two_d_only=two_d, create_graph=cg, dtype=dtype)
+            try:
+                trial = copy.deepcopy(model)
+                opt = build_optimizer(make_optimizer, trial, "one", setup)
+                setup.use_closure = _accepts_closure(opt)
+                with seeded(0):
+                    for x, y in batches:
+                        take_step(trial, opt, x, y, setup)
+            except OptimizerFailure as exc:
+                if first_error is None:
+                    first_error = exc
+                continue
+            if two_d:
+                setup.notes.append(f"the rule rejects the full parameter list ({first_error}); it was checked "
+                                   f"on the 2-D parameters only (biases frozen).")
+            if cg and create_graph is None:
+                setup.notes.append(f"the step failed with an ordinary backward ({first_error}); it was run "
+                                   f"with backward(create_graph=True).")
+            elif cg:
+                setup.notes.append("run with backward(create_graph=True).")
+            if not setup.use_closure:
+                setup.notes.append("the rule's step() takes no closure: gradients were computed before step().")
+            setup.compute_dtype = compute_precision(make_optimizer, setup)
+            setup.rtol = rtol if rtol is not None else default_rtol(
+                setup.compute_dtype if torch.finfo(setup.compute_dtype).eps > torch.finfo(dtype).eps else dtype)
+            if setup.compute_dtype != dtype and torch.finfo(setup.compute_dtype).eps > torch.finfo(dtype).eps:
+                setup.notes.append(f"the rule computes in {str(setup.compute_dtype).replace('torch.', '')} "
+                                   f"although the parameters are {str(dtype).replace('torch.', '')}; the "
+                                   f"tolerance is that of the lower precision (rtol {setup.rtol:g}).")
+            return setup
+    assert first_error is not None
+    raise first_error
+
+
+def compute_precision(make_optimizer: Callable, setup: OptimizerSetup) -> torch.dtype:
+    """The least precise floating dtype produced by any tensor operation inside one optimizer step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: set[torch.dtype] = set()
+
+    class _Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (list, tuple)) else (out,)):
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 1:
+                    seen.add(t.dtype)
+            return out
+
+    model, _ = build_model(PROBE, setup.dtype)
+    x, y = make_batch(PROBE.arch, PROBE.batch, PROBE.data_seed, 0, setup.dtype)
+    try:
+        with seeded(0):
+            opt = build_optimizer(make_optimizer, model, "one", setup)
+            take_step(model, opt, x, y, setup)  # state initialised outside the recorder
+            x, y = make_batch(PROBE.arch, PROBE.batch, PROBE.data_seed, 1, setup.dtype)
+            with _Record():
+                take_step(model, opt, x, y, setup)
+    except Exception:  # noqa: BLE001 - the precision probe is best effort
+        return setup.dtype
+    if not seen:
+        return setup.dtype
+    return max(seen, key=lambda d: torch.finfo(d).eps)
+
+
+def fingerprint(make_optimizer: Callable, setup: OptimizerSetup, seed: int, steps: int = 3) -> list[torch.Tensor]:
+    """Parameters of the probe example after ``steps`` steps under torch seed ``seed``."""
+    model, _ = build_model(PROBE, setup.dtype)
+    batches = [make_batch(PROBE.arch, PROBE.batch, PROBE.data_seed, t, setup.dtype) for t in range(steps)]
+    trajectory(make_optimizer, model, PROBE, setup, batches, seed, lambda t, opt: True)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def uses_randomness(make_optimizer: Callable, setup: OptimizerSetup, seed: int) -> tuple[bool, bool]:
+    """(depends on the seed, non-deterministic under a fixed seed), from re-running the probe example."""
+    a = fingerprint(make_optimizer, setup, seed)
+    again = fingerprint(make_optimizer, setup, seed)
+    other = fingerprint(make_optimizer, setup, seed + 7919)
+
+    def differ(u, v):
+        return any(not torch.allclose(p, q, rtol=setup.rtol, atol=0, equal_nan=True) for p, q in zip(u, v))
+
+    nondeterministic = differ(a, again)
+    return nondeterministic or differ(a, other), nondeterministic
+
+
+# ----------------------------------------------------------------------------------------------------------
+# T6: identical neurons stay identical
+# ----------------------------------------------------------------------------------------------------------
+
+def identical_neurons_gap(model: nn.Module, layer: NeuronLayer, opt, i: int = 0, j: int = 1
+                          ) -> tuple[float, float, str]:
+    """Largest relative gap between neurons ``i`` and ``j`` over parameters and per-parameter state
+    (relative gap, scale, key)."""
+    members = {m.name: m for m in layer.members}
+    params = dict(model.named_parameters())
+    worst = (0.0, 0.0, "")
+    entries = [(f"param {n}", members[n], params[n]) for n in members]
+    for key, (pname, value) in named_state(model, opt).items():
+        if pname in members and isinstance(value, torch.Tensor) and value.shape == params[pname].shape:
+            entries.append((f"state {key}", members[pname], value))
+    for key, m, t in entries:
+        blocks = neuron_blocks(t.detach().to(torch.float64), m, layer.size)
+        gap = float((blocks[i] - blocks[j]).abs().max())
+        scale = float(blocks.abs().max())
+        rel = gap / scale if scale > 0 else (0.0 if gap == 0 else math.inf)
+        if rel > worst[0]:
+            worst = (rel, scale, key)
+    return worst
+
+
+__all__ = ["OptimizerSetup", "OptimizerFailure", "ExampleResult", "run_example", "fixed_permutations",
+           "resolve_setup", "compute_precision", "uses_randomness", "identical_neurons_gap", "default_rtol",
+           "optimizer_name", "RTOL", "snapshot", "take_step", "build_model", "build_optimizer", "seeded"]

@@ -1,0 +1,376 @@
+"""The neuron update field g of a layer (claim T1) and its Lipschitz constant K (claims T2, T3).
+
+For a block producer → σ → (linear ops) → consumer, neuron i's contribution to the consumer's output is
+bilinear in (σ(pre_i), a_i), and pre_i is linear in w̃_i = (w_i, b_i). Unrolling every position where the
+producer is applied (batch rows; batch × spatial positions for a convolution) into *samples* r gives
+
+    Φ(z) = Σ_r (D_r · a) σ(H_r · w̃),   z = (w̃, a),
+
+with H_r the producer's input at sample r (a 1 appended for the bias) and D_r the back-propagated signal
+δ = ∂L/∂(consumer output), pulled back through the linear ops to sample r (D = δ for Linear → Linear).
+At the pre-step state every neuron's gradient is g(θ_i) = ∇Φ(θ_i) exactly (T1). Its Jacobian is the
+symmetric Hessian
+
+    ∇²Φ(z) = [[Hᵀ diag(c σ''(p)) H,  Hᵀ diag(σ'(p)) D], [Dᵀ diag(σ'(p)) H, 0]],  p = H w̃, c = D a.
+
+K = sup ‖∇²Φ‖_op over the convex hull of the cloud bounds ‖g(θ_i) − g(θ_j)‖ ≤ K ‖θ_i − θ_j‖ (mean value
+inequality, T2). Two numbers are computed:
+
+* ``K_estimate``: power iteration at the neurons and at points on the segments to their nearest neighbours,
+  batched over all points with the closed-form Hessian-vector product above (about one training step of
+  the block per iteration; memory linear in N). Each value ‖Jv‖/‖v‖ is ≤ ‖J(z)‖, so this approaches the
+  supremum from below.
+* ``K_upper``: a certified bound on the hull. Over the hull, p_r lies in [min_i p_ri, max_i p_ri] and
+  |c_r| ≤ max_i |D_r·a_i| (both linear, extremes at vertices), so with S1_r, S2_r the sups of |σ'|, |σ''|
+  there, α = λmax(Hᵀ diag(C S2) H) and β² = λmax(Hᵀ diag(S1) H) λmax(Dᵀ diag(S1) D) bound the blocks and
+  ‖∇²Φ‖ ≤ (α + √(α² + 4β²))/2. Infinite for activations whose σ' jumps (ReLU): their field is not Lipschitz.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import Activation, get_activation
+from .errors import NonFiniteError, TopoverifyError, UnsupportedError
+from .layouts import NeuronLayer, neuron_blocks
+
+_CHUNK_ELEMENTS = 1 << 22  # samples × points per chunk (memory stays linear in N)
+
+
+@dataclass
+class BlockSamples:
+    """A neuron block unrolled into samples (see module docstring): ``H`` (R×d_w), ``D`` (R×d_a)."""
+
+    H: torch.Tensor
+    D: torch.Tensor
+    activation: Activation
+    has_bias: bool
+    _compressed: "BlockSamples | None" = field(default=None, repr=False)
+    _bases: tuple | None = field(default=None, repr=False)
+
+    @property
+    def d_w(self) -> int:
+        return self.H.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.H.shape[1] + self.D.shape[1]
+
+    def _split(self, Z: torch.Tensor):
+        return Z[:, : self.d_w], Z[:, self.d_w:]
+
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        """Φ(z) = Σ_r (D_r · a) σ(H_r · w̃) at one point z (for torch.func.grad/hessian in checks)."""
+        return ((self.D @ z[self.d_w:]) * self.activation.fn(self.H @ z[: self.d_w])).sum()
+
+    def gradient(self, Z: torch.Tensor) -> torch.Tensor:
+        """g(z) = ∇Φ(z) for each row z of ``Z`` (P×d) — the update field of T1 (before the learning rate)."""
+        outs = []
+        for Zc in self._chunks(Z):
+            W, A = self._split(Zc)
+            s0, s1, _ = self.activation.derivatives(self.H @ W.T)
+            c = self.D @ A.T
+            outs.append(torch.cat([(c * s1).T @ self.H, s0.T @ self.D], dim=1))
+        return torch.cat(outs) if outs else Z.new_zeros(0, self.dim)
+
+    def _chunks(self, Z: torch.Tensor):
+        for _, Zc in self._chunks_with_offset(Z):
+            yield Zc
+
+    def _chunks_with_offset(self, Z: torch.Tensor):
+        step = max(1, _CHUNK_ELEMENTS // max(1, self.H.shape[0]))
+        for k in range(0, Z.shape[0], step):
+            yield k, Z[k: k + step]
+
+    def hessian_norm_lower(self, Z: torch.Tensor, decay: torch.Tensor | None = None, iters: int = 50,
+                           tol: float = 1e-4, generator: torch.Generator | None = None,
+                           screen_iters: int = 6, refine_top: int = 32) -> torch.Tensor:
+        """Per point z (rows of ``Z``), a lower bound on ‖∇²Φ(z) + diag(decay)‖_op by power iteration.
+
+        ``decay`` (length d) is the per-coordinate weight decay, which adds to the Jacobian of the update.
+        Screen, then refine: ``screen_iters`` iterations at every point, then the ``refine_top`` points with
+        the largest values continue (from where they are) until the relative change is below ``tol`` or
+        ``iters`` iterations. Every returned value is ‖Jv‖ for a unit v, hence ≤ ‖J(z)‖.
+        """
+        base, null_floor = self, 0.0
+        uniform = decay is None or bool((decay == decay[0]).all())
+        if uniform and self.rank_reducible:
+            # All eigenvectors of ∇²Φ with nonzero eigenvalue lie in rowspace(H) ⊕ rowspace(D); in
+            # orthonormal bases of those, ∇²Φ has the same form with H̃ = H Q_H, D̃ = D Q_D (exact, cheaper).
+            base, Z = self.compressed(), self.compress_points(Z)
+            lam = 0.0 if decay is None else float(decay[0])
+            null_floor = abs(lam)  # the eigenvalue λ on the complement, which the compressed form omits
+            decay = None if decay is None else decay[0].expand(Z.shape[1])
+        V = torch.randn(Z.shape, generator=generator, dtype=Z.dtype).to(Z.device)
+        est, V = base._power(Z, V / V.norm(dim=1, keepdim=True), decay, screen_iters, tol)
+        if Z.shape[0] and iters > screen_iters:
+            top = est.topk(min(refine_top, Z.shape[0])).indices
+            refined, _ = base._power(Z[top], V[top], decay, iters - screen_iters, tol, est[top])
+            est[top] = refined
+        return est.clamp_min(null_floor) if null_floor else est
+
+    @property
+    def rank_reducible(self) -> bool:
+        """Whether the samples span less than the neuron space (more coordinates than samples)."""
+        return self.H.shape[0] < self.H.shape[1] or self.D.shape[0] < self.D.shape[1]
+
+    def compressed(self) -> "BlockSamples":
+        """The same field in orthonormal bases of rowspace(H) and rowspace(D) (cached)."""
+        if self._compressed is None:
+            qh, rh = torch.linalg.qr(self.H.T)
+            qd, rd = torch.linalg.qr(self.D.T)
+            self._bases = (qh, qd)
+            self._compressed = BlockSamples(rh.T.contiguous(), rd.T.contiguous(), self.activation, self.has_bias)
+        return self._compressed
+
+    def compress_points(self, Z: torch.Tensor) -> torch.Tensor:
+        """Coordinates of points z = (w̃, a) in the compressed bases: (Q_Hᵀ w̃, Q_Dᵀ a); p and c unchanged."""
+        self.compressed()
+        qh, qd = self._bases
+        W, A = self._split(Z)
+        return torch.cat([W @ qh, A @ qd], dim=1)
+
+    def _power(self, Z, V, decay, iters, tol, start=None):
+        """Power iteration at each point of ``Z`` from unit vectors ``V``; returns (estimates, vectors)."""
+        ests, vecs = [], []
+        starts = start if start is not None else torch.zeros(Z.shape[0], dtype=Z.dtype, device=Z.device)
+        for k0, Zc in self._chunks_with_offset(Z):
+            Vc = V[k0: k0 + Zc.shape[0]]
+            est = starts[k0: k0 + Zc.shape[0]].clone()
+            W, A = self._split(Zc)
+            _, s1, s2 = self.activation.derivatives(self.H @ W.T)  # R × Pc
+            cs2 = (self.D @ A.T) * s2
+            for _ in range(iters):
+                Vw, Va = self._split(Vc)
+                U = self.H @ Vw.T
+                M = cs2 * U + s1 * (self.D @ Va.T)
+                HV = torch.cat([M.T @ self.H, (s1 * U).T @ self.D], dim=1)
+                if decay is not None:
+                    HV = HV + Vc * decay
+                norms = HV.norm(dim=1)
+                converged = bool(((norms - est).abs() <= tol * norms.clamp_min(1e-300)).all())
+                est = torch.maximum(est, norms)
+                Vc = HV / norms.clamp_min(1e-300)[:, None]
+                if converged:
+                    break
+            ests.append(est)
+            vecs.append(Vc)
+        if not ests:
+            return Z.new_zeros(0), V
+        return torch.cat(ests), torch.cat(vecs)
+
+    def hessian_norm_upper(self, cloud: torch.Tensor, decay_max: float = 0.0) -> float:
+        """Certified sup of ‖∇²Φ + diag(decay)‖_op over the convex hull of ``cloud`` (module docstring)."""
+        if not self.activation.smooth:
+            return math.inf
+        R = self.H.shape[0]
+        lo = torch.full((R,), math.inf, dtype=cloud.dtype, device=cloud.device)
+        hi = -lo.clone()
+        cmax = torch.zeros(R, dtype=cloud.dtype, device=cloud.device)
+        for Zc in self._chunks(cloud):
+            W, A = self._split(Zc)
+            P = self.H @ W.T
+            lo = torch.minimum(lo, P.amin(dim=1))
+            hi = torch.maximum(hi, P.amax(dim=1))
+            cmax = torch.maximum(cmax, (self.D @ A.T).abs().amax(dim=1))
+        S1 = self.activation.sup_abs(1, lo, hi)
+        S2 = self.activation.sup_abs(2, lo, hi)
+        alpha = _lambda_max_weighted(self.H, cmax * S2)
+        beta = math.sqrt(_lambda_max_weighted(self.H, S1) * _lambda_max_weighted(self.D, S1))
+        return (alpha + math.sqrt(alpha * alpha + 4 * beta * beta)) / 2 + decay_max
+
+
+def _lambda_max_weighted(X: torch.Tensor, w: torch.Tensor) -> float:
+    """λmax(Xᵀ diag(w) X) for w ≥ 0, through the smaller of the two Gram matrices (exact eigvalsh)."""
+    Xw = X * w.clamp_min(0).sqrt()[:, None]
+    G = Xw.T @ Xw if X.shape[1] <= X.shape[0] else Xw @ Xw.T
+    if G.numel() == 0:
+        return 0.0
+    ev = torch.linalg.eigvalsh(G.to(torch.float64))
+    return max(0.0, float(ev[-1])) * (1 + 1e-10) + 1e-300
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building the samples from a model at its pre-step state
+# ----------------------------------------------------------------------------------------------------------
+
+def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step: int | None = None
+                  ) -> tuple[BlockSamples, float]:
+    """Run ``loss_fn(model, batch)`` on a deep copy with hooks, and unroll ``layer`` into samples.
+
+    Returns the samples and the loss. Raises :class:`UnsupportedError` for layers whose field is not of
+    the T1 form and :class:`NonFiniteError` for a NaN/Inf loss or signal.
+    """
+    if layer.kind not in ("linear", "conv2d"):
+        raise UnsupportedError(
+            f"layer {layer.name!r} is an explicit layout; K_field needs a detected Linear/Conv2d block "
+            f"(producer -> activation -> consumer) to build the update field of T1.")
+    if any(f is None for f in layer.between_fns):
+        raise UnsupportedError(
+            f"layer {layer.name!r}: the ops between producer and consumer ({', '.join(layer.chain)}) are not "
+            f"'one activation, then linear ops', so the update field is not of the T1 form.")
+    activation = get_activation(layer.activation_fn if layer.activation_fn not in (None, "identity")
+                                else layer.activation)
+    m = copy.deepcopy(model)
+    mods = dict(m.named_modules())
+    prod, cons = mods[layer.producer], mods[layer.consumer]
+    for fn in layer.between_fns:
+        if isinstance(fn, nn.MaxPool2d) or isinstance(fn, nn.AdaptiveMaxPool2d):
+            raise UnsupportedError(f"layer {layer.name!r}: max pooling after the activation makes the "
+                                   f"neuron's contribution nonlinear; K_field supports Flatten/AvgPool.")
+        if isinstance(fn, nn.Dropout) and fn.training and fn.p > 0:
+            raise UnsupportedError(f"layer {layer.name!r}: dropout is active (training mode, p={fn.p}); its "
+                                   f"mask is per-coordinate randomness. Call model.eval() or set p=0.")
+    captured: dict[str, list] = {"h": [], "y": []}
+
+    def keep_input(_mod, inp, _out):
+        captured["h"].append(inp[0].detach())
+
+    def keep_output(_mod, _inp, out):
+        if out.requires_grad:
+            out.retain_grad()
+        captured["y"].append(out)
+
+    handles = [prod.register_forward_hook(keep_input), cons.register_forward_hook(keep_output)]
+    try:
+        with torch.enable_grad():
+            m.zero_grad(set_to_none=True)
+            loss = loss_fn(m, batch)
+            _check_loss(loss, layer, step)
+            loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    if len(captured["h"]) != 1 or len(captured["y"]) != 1:
+        raise UnsupportedError(f"layer {layer.name!r}: producer or consumer module runs "
+                               f"{max(len(captured['h']), len(captured['y']))} times per forward pass "
+                               f"(shared weights); the update field of T1 needs one use of each.")
+    h, y = captured["h"][0], captured["y"][0]
+    delta = y.grad if y.grad is not None else torch.zeros_like(y)
+    if not torch.isfinite(delta).all():
+        raise NonFiniteError(f"layer {layer.name!r}{_at(step)}: the back-propagated signal is NaN/Inf.")
+    if isinstance(prod, nn.Linear):
+        H = h.reshape(-1, prod.in_features)
+        act_shape = h.shape[:-1]
+    else:
+        H, act_shape = _unfold_conv_input(prod, h, layer)
+    if prod.bias is not None:
+        H = torch.cat([H, torch.ones(H.shape[0], 1, dtype=H.dtype, device=H.device)], dim=1)
+    D = _pulled_back_signal(cons, layer, delta.detach(), act_shape, model)
+    return BlockSamples(H.detach(), D.detach(), activation, prod.bias is not None), float(loss.detach())
+
+
+def _unfold_conv_input(prod: nn.Conv2d, h: torch.Tensor, layer: NeuronLayer):
+    if prod.padding_mode != "zeros" or isinstance(prod.padding, str) and prod.padding != "valid":
+        raise UnsupportedError(f"layer {layer.name!r}: Conv2d with padding={prod.padding!r}, padding_mode="
+                               f"{prod.padding_mode!r}; K_field supports explicit integer zero padding.")
+    padding = 0 if isinstance(prod.padding, str) else prod.padding
+    cols = F.unfold(h, prod.kernel_size, dilation=prod.dilation, padding=padding, stride=prod.stride)
+    B, _, L = cols.shape
+    out_h = (h.shape[2] + 2 * _pair(padding)[0] - prod.dilation[0] * (prod.kernel_size[0] - 1) - 1) // prod.stride[0] + 1
+    out_w = L // out_h
+    return cols.transpose(1, 2).reshape(B * L, -1), (B, 1, out_h, out_w)
+
+
+def _pair(x):
+    return x if isinstance(x, tuple) else (x, x)
+
+
+def _pulled_back_signal(cons: nn.Module, layer: NeuronLayer, delta: torch.Tensor, act_shape, model) -> torch.Tensor:
+    """D (R × d_a): ∂²⟨δ, consumer(between(act), a)⟩ / ∂act_r ∂a — the signal each sample sends to ``a``."""
+    member = layer.members[-1]
+    full_w = dict(model.named_parameters())[member.name].detach()
+    slice_shape = neuron_blocks(full_w, member, layer.size)[0].shape
+    between = list(layer.between_fns)
+    if isinstance(cons, nn.Linear) and not between:
+        return delta.reshape(-1, cons.out_features)
+
+    def contribution(act, a_flat):
+        x = act
+        for fn in between:
+            x = fn(x)
+        a = _unblock(a_flat, member, full_w.shape)
+        if isinstance(cons, nn.Linear):
+            return F.linear(x, a)
+        return F.conv2d(x, a, None, cons.stride, cons.padding, cons.dilation)
+
+    def bilinear(act, a_flat):
+        return (delta * contribution(act, a_flat)).sum()
+
+    act0 = torch.zeros(act_shape, dtype=delta.dtype, device=delta.device)
+    a0 = torch.zeros(slice_shape, dtype=delta.dtype, device=delta.device)
+    if isinstance(cons, nn.Conv2d) and (cons.padding_mode != "zeros" or isinstance(cons.padding, str)
+                                        and cons.padding not in ("valid", "same")):
+        raise UnsupportedError(f"layer {layer.name!r}: consumer Conv2d padding_mode {cons.padding_mode!r} "
+                               f"is not supported by K_field.")
+    jac = torch.func.jacfwd(lambda a: torch.func.grad(bilinear, argnums=0)(act0, a))(a0)
+    return jac.reshape(-1, a0.numel())
+
+
+def _unblock(a_flat: torch.Tensor, member, full_shape) -> torch.Tensor:
+    """Inverse of :func:`neuron_blocks` for one neuron: its slice with extent ``block`` on ``member.axis``."""
+    moved_rest = [s for k, s in enumerate(full_shape) if k != member.axis]
+    t = a_flat.reshape(member.block, *moved_rest)
+    return t.movedim(0, member.axis)
+
+
+def _check_loss(loss, layer, step):
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TopoverifyError(f"loss_fn(model, batch) must return a scalar tensor, got "
+                               f"{type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}.")
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"the loss is {float(loss.detach())}{_at(step)} (layer {layer.name!r}): training has "
+                             f"diverged, e.g. the learning rate is far above η*. Lower it, or treat the "
+                             f"divergence as the finding.")
+
+
+def _at(step):
+    return "" if step is None else f" at step {step}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Points at which to estimate sup ‖J‖: neurons and segments to nearest neighbours
+# ----------------------------------------------------------------------------------------------------------
+
+def nearest_neighbors(cloud: torch.Tensor, k: int, sketch_dim: int = 64, seed: int = 0) -> torch.Tensor:
+    """Indices (N×k) of each neuron's k (approximately) nearest other neurons, in row chunks.
+
+    Clouds of dimension above ``sketch_dim`` are first projected by a Gaussian (Johnson–Lindenstrauss)
+    sketch, so the search costs O(N²·sketch_dim) instead of O(N²·d); the neighbours only choose where the
+    K estimate samples, so approximate ones are fine (any point of the hull gives a valid lower bound).
+    """
+    n = cloud.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        return torch.zeros(n, 0, dtype=torch.long)
+    if cloud.shape[1] > sketch_dim:
+        gen = torch.Generator().manual_seed(seed)
+        proj = torch.randn(cloud.shape[1], sketch_dim, generator=gen, dtype=cloud.dtype).to(cloud.device)
+        cloud = cloud @ proj
+    step = max(1, _CHUNK_ELEMENTS // max(1, n))
+    out = []
+    for s in range(0, n, step):
+        d = torch.cdist(cloud[s: s + step], cloud)
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = math.inf
+        out.append(d.topk(k, largest=False).indices)
+    return torch.cat(out)
+
+
+def segment_points(cloud: torch.Tensor, k: int = 2, ts=(0.5,)) -> torch.Tensor:
+    """The neurons plus the points θ_i + t(θ_j − θ_i), j among the k nearest neighbours of i."""
+    pts = [cloud]
+    nn_idx = nearest_neighbors(cloud, k)
+    for col in range(nn_idx.shape[1]):
+        other = cloud[nn_idx[:, col]]
+        for t in ts:
+            pts.append(cloud + t * (other - cloud))
+    return torch.cat(pts)
+
+
+__all__ = ["BlockSamples", "block_samples", "nearest_neighbors", "segment_points"]

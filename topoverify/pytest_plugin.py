@@ -1,0 +1,105 @@
+"""pytest plugin (entry point ``pytest11``: ``topoverify = "topoverify.pytest_plugin"``).
+
+- Fixture ``topoverify_check``: ``topoverify_check(make_optimizer, **options)`` asserts that the rule is
+  permutation-equivariant (returns the :class:`~topoverify.equivariance.EquivarianceReport`), e.g.::
+
+      def test_my_optimizer_is_equivariant(topoverify_check):
+          topoverify_check(MyOptimizer, optimizer_kwargs={"lr": 1e-3})
+
+  ``topoverify_check.symmetry(make_optimizer, **options)`` asserts T6 (identical neurons stay identical).
+- Option ``--topoverify-optimizer MODULE:CALLABLE`` (with ``--topoverify-kwargs JSON`` and
+  ``--topoverify-examples N``) adds the packaged checks against that rule to the session: the equivariance
+  check and the T6 check (neurons that start identical stay identical after every step).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .cli_check import load_callable
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("topoverify", "topoverify: permutation-equivariance checks of optimizers")
+    group.addoption("--topoverify-optimizer", metavar="MODULE:CALLABLE", default=None,
+                    help="run the packaged equivariance and T6 checks against this optimizer factory")
+    group.addoption("--topoverify-kwargs", metavar="JSON", default="{}",
+                    help="constructor keyword arguments for --topoverify-optimizer (a JSON object)")
+    group.addoption("--topoverify-examples", type=int, default=10, metavar="N",
+                    help="examples for the packaged equivariance check (default 10)")
+
+
+class _Checker:
+    """Callable helper behind the ``topoverify_check`` fixture."""
+
+    def __call__(self, make_optimizer, **options):
+        __tracebackhide__ = True
+        from .equivariance import assert_equivariant
+        return assert_equivariant(make_optimizer, **options)
+
+    def report(self, make_optimizer, **options):
+        from .equivariance import equivariance_error
+        return equivariance_error(make_optimizer, **options)
+
+    def symmetry(self, make_optimizer, **options):
+        __tracebackhide__ = True
+        from .equivariance import check_identical_neurons
+        rep = check_identical_neurons(make_optimizer, **options)
+        if not rep.ok:
+            raise AssertionError(str(rep))
+        return rep
+
+
+@pytest.fixture
+def topoverify_check():
+    """``topoverify_check(make_optimizer, **options)``: assert permutation equivariance (see module doc)."""
+    return _Checker()
+
+
+class TopoverifyCheckError(Exception):
+    pass
+
+
+class TopoverifyItem(pytest.Item):
+    """One packaged check against ``--topoverify-optimizer``."""
+
+    def __init__(self, *, check: str, spec: str, kwargs: dict, examples: int, **kw):
+        super().__init__(**kw)
+        self.check, self.spec, self.kwargs, self.examples = check, spec, kwargs, examples
+
+    def runtest(self):
+        from .equivariance import check_identical_neurons, equivariance_error
+        make_optimizer = load_callable(self.spec)
+        if self.check == "equivariance":
+            rep = equivariance_error(make_optimizer, optimizer_kwargs=self.kwargs, examples=self.examples)
+        else:
+            rep = check_identical_neurons(make_optimizer, optimizer_kwargs=self.kwargs)
+        self.user_properties.append(("topoverify_report", rep.to_dict()))
+        if not rep.ok:
+            raise TopoverifyCheckError(str(rep))
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, TopoverifyCheckError):
+            return f"topoverify {self.check} check failed for {self.spec}:\n{excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"topoverify {self.check}: {self.spec}"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    spec = config.getoption("--topoverify-optimizer")
+    if not spec:
+        return
+    try:
+        kwargs = json.loads(config.getoption("--topoverify-kwargs"))
+    except json.JSONDecodeError as exc:
+        raise pytest.UsageError(f"--topoverify-kwargs is not valid JSON: {exc}") from None
+    if not isinstance(kwargs, dict):
+        raise pytest.UsageError("--topoverify-kwargs must be a JSON object")
+    examples = config.getoption("--topoverify-examples")
+    for check in ("equivariance", "identical_neurons"):
+        items.append(TopoverifyItem.from_parent(session, name=f"topoverify[{check}:{spec}]", check=check,
+                                                spec=spec, kwargs=kwargs, examples=examples))

@@ -1,0 +1,1 @@
+"""Hypothesis strategies for topoverify's property tests and checkers."""
