@@ -79,6 +79,7 @@ def main() -> None:
     import torch
 
     sizes = [256, 1024] if args.quick else [256, 1024, 4096]
+    load_before = os.getloadavg()[0]
     rows = []
     for d in DIMS:
         for n in sizes:
@@ -92,8 +93,8 @@ def main() -> None:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}. "
-        "Model Linear(d_in,N)-tanh-Linear(N,d_out), float32, batch 256. The machine was shared with other "
-        "jobs, so times are indicative.",
+        f"Model Linear(d_in,N)-tanh-Linear(N,d_out), float32, batch 256. Load average at start: "
+        f"{load_before:.2f} (other jobs shared the 2 cores; times are indicative).",
         "",
         "| N | d | train step (s) | predict_step (s) | ratio | extra peak RSS (MiB) | cloud (MiB) | points | K est. | K cert. |",
         "|---|---|---|---|---|---|---|---|---|---|",

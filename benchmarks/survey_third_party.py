@@ -44,9 +44,6 @@ WHY: dict[str, str] = {
     "lorarite": "LoRA-RITE orthonormalises its factors with `torch.linalg.qr` and stores the basis (`basis_l`) as "
                 "state; QR's basis depends on the order of the columns (Gram-Schmidt order), a basis choice that a "
                 "neuron permutation changes, so the stored basis is not the permuted one.",
-    "lbfgs": "LBFGS is equivariant in exact arithmetic, but its branch tests (`tolerance_change`, curvature "
-             "`ys > 1e-10`) can go the other way under a rounding-level reordering; after 20 inner iterations per "
-             "step the two runs then separate. A numerical artefact, not a rule that depends on neuron order.",
 }
 
 

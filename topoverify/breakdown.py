@@ -160,6 +160,14 @@ class RunRecord(ResultMixin):
         return max(vals)[1] if vals else None
 
     @property
+    def max_eta_K_before_change(self) -> float | None:
+        """max lr·K over the steps before the first topology change (all steps if none): the number to set
+        against the phase boundary lr·K = 1, unpolluted by the blow-up of a run that later diverges."""
+        end = self.first_change_step
+        vals = [v for v in self.eta_K[: self.steps_run if end is None else end] if v is not None]
+        return max(vals) if vals else None
+
+    @property
     def max_eta_K_upper(self) -> float | None:
         vals = [v for v in self.eta_K_upper if v is not None]
         return max(vals) if vals else None
@@ -209,7 +217,7 @@ class RunRecord(ResultMixin):
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        for name in ("max_eta_K", "max_eta_K_step", "max_eta_K_upper", "steps_above_one", "betti_changed",
+        for name in ("max_eta_K", "max_eta_K_step", "max_eta_K_before_change", "max_eta_K_upper", "steps_above_one", "betti_changed",
                      "distinct_changed", "topology_changed", "first_change_step"):
             d[name] = jsonable(getattr(self, name))
         return d
@@ -292,14 +300,14 @@ class SweepResult(ResultMixin):
         t = Table(title=f"sweep of {self.scenario} with {self.optimizer}, {self.steps} steps "
                         f"(layer {self.layer}; predicted eta* = {fmt(self.eta_star)}, certified "
                         f"{fmt(self.eta_star_certified)})")
-        for c in ("lr", "lr/eta*", "max lr*K (step)", "max lr*K_cert", "steps lr*K>=1", "final loss",
+        for c in ("lr", "lr/eta*", "max lr*K (step)", "before change", "max lr*K_cert", "steps lr*K>=1", "final loss",
                   "diverged at", "Betti start->end", "distinct", "max H1 log-pers", "changed"):
             t.add_column(c, justify="right")
         for r in self.runs:
             ratio = "n/a" if not self.eta_star else fmt(r.lr / self.eta_star, 3)
             mk = "n/a" if r.max_eta_K is None else f"{fmt(r.max_eta_K, 3)} ({r.max_eta_K_step})"
             h1 = fmt(r.final.max_log_persistence[0], 3) if r.final.max_log_persistence else "-"
-            t.add_row(fmt(r.lr), ratio, mk, fmt(r.max_eta_K_upper, 3),
+            t.add_row(fmt(r.lr), ratio, mk, fmt(r.max_eta_K_before_change, 3), fmt(r.max_eta_K_upper, 3),
                       "n/a" if not r.prediction_available else str(r.steps_above_one),
                       fmt(r.final_loss), "-" if not r.diverged else f"{r.diverged_at}",
                       f"{r.initial.betti}->{r.final.betti}", f"{r.initial.distinct_tol}->{r.final.distinct_tol}",

@@ -667,7 +667,16 @@ def rounding_sensitivity(make_optimizer, initial: nn.Module, layer: NeuronLayer,
 def run_example(make_optimizer: Callable, example: TrainingExample, setup: OptimizerSetup, *, steps: int,
                 seed: int = 0, perms: Sequence[Sequence[int]] | None = None) -> ExampleResult:
     """Run one example: the original trajectory once, then one permuted trajectory per permutation
-    (``perms``; default: :func:`fixed_permutations` plus ``example.perm``), stopping at the first mismatch."""
+    (``perms``; default: :func:`fixed_permutations` plus ``example.perm``), stopping at the first mismatch.
+
+    Rules that amplify round-off (default LBFGS: lr 1, 20 inner iterations, threshold tests) are judged only
+    as far as their own rounding sensitivity allows. The comparison horizon ends at the step before an
+    *unpermuted* run perturbed by a few ulps leaves the tolerance: the floor probe of :func:`floor_probe`
+    sets it without further cost, and a permuted run that still fails triggers :func:`rounding_sensitivity`
+    (``PROBES`` more perturbed runs, up to the failing step). The failure is numerical - the example is then
+    compared up to the probes' horizon, and ``numerical``/``cut_by`` say so - only if it comes *after* that
+    horizon and is within ``COMPARABLE`` x the probes' own separation (both relative to the tensor's scale,
+    capped at 1); otherwise it stays a mismatch. ``compared_steps`` is the horizon (0: nothing compared)."""
     res = ExampleResult(example)
     try:
         initial, layer = build_model(example, setup.dtype)
@@ -737,30 +746,30 @@ def run_example(make_optimizer: Callable, example: TrainingExample, setup: Optim
             return res
         res.perms_run += 1
         if found:
-            m = found[0]
+            mis = found[0]
             if sens is None:
                 # probing up to the failing step decides it: the failure is numerical only if some probe
                 # fails before it (then the horizon found is exact); later permutations stop at that horizon
                 sens = rounding_sensitivity(make_optimizer, initial, layer, example, setup, batches, seed, snaps,
-                                            floors, upto=m.step)
-            perm_rel = min(m.observed, 1.0)  # relative to the tensor's scale, capped like the probes'
-            own = sens.separation(m.step, m.key)
-            if sens.probes and m.step > sens.horizon and own * COMPARABLE >= perm_rel:
+                                            floors, upto=mis.step)
+            perm_rel = min(mis.observed, 1.0)  # relative to the tensor's scale, capped like the probes'
+            own = sens.separation(mis.step, mis.key)
+            if sens.probes and mis.step > sens.horizon and own * COMPARABLE >= perm_rel:
                 # numerical: the rule, unpermuted, amplifies a few ulps past the tolerance by this step
                 if sens.horizon < horizon:
                     horizon, res.cut_by = sens.horizon, sens
-                if res.numerical is None or m.step < res.numerical.step:
-                    res.numerical = m
+                if res.numerical is None or mis.step < res.numerical.step:
+                    res.numerical = mis
                     res.numerical_perm = tuple(int(i) for i in perm_t)
                     res.numerical_own = own
                 rel_at.append(max_rel_at)
                 continue
-            res.mismatch, res.perm = m, tuple(int(i) for i in perm_t)
+            res.mismatch, res.perm = mis, tuple(int(i) for i in perm_t)
             if sens.probes:
-                why = (f"they stay within the tolerance up to step {min(sens.horizon, m.step)}"
-                       if m.step <= sens.horizon else
+                why = (f"they stay within the tolerance up to step {min(sens.horizon, mis.step)}"
+                       if mis.step <= sens.horizon else
                        f"they separate by {own:.3g} (relative) by then, less than 1/{COMPARABLE:g} of this")
-                res.mismatch = dataclasses.replace(m, detail="; ".join(filter(None, [m.detail, (
+                res.mismatch = dataclasses.replace(mis, detail="; ".join(filter(None, [mis.detail, (
                     f"not explained by round-off: unpermuted runs perturbed by a few ulps "
                     f"({sens.probes} probes): {why}")])))
             res.max_rel = max(res.max_rel, cmp.max_rel)
