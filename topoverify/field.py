@@ -90,14 +90,18 @@ class BlockSamples:
 
     def hessian_norm_lower(self, Z: torch.Tensor, decay: torch.Tensor | None = None, iters: int = 50,
                            tol: float = 1e-4, generator: torch.Generator | None = None,
-                           screen_iters: int = 6, refine_top: int = 32) -> torch.Tensor:
+                           screen_iters: int = 4, refine_top: int = 64, neighbors: int = 0) -> torch.Tensor:
         """Per point z (rows of ``Z``), a lower bound on ‖∇²Φ(z) + diag(decay)‖_op by power iteration.
 
         ``decay`` (length d) is the per-coordinate weight decay, which adds to the Jacobian of the update.
         Screen, then refine: ``screen_iters`` iterations at every point, then the ``refine_top`` points with
         the largest values continue (from where they are) until the relative change is below ``tol`` or
         ``iters`` iterations. Every returned value is ‖Jv‖ for a unit v, hence ≤ ‖J(z)‖.
+        With ``neighbors`` = k > 0, ``Z`` is a cloud and the points are its neurons followed by the midpoints
+        to each neuron's k nearest neighbours (:func:`segment_points`), formed after the compression below
+        (it is linear, so midpoints commute with it).
         """
+        nn_idx = nearest_neighbors(Z, neighbors) if neighbors else None
         base, null_floor = self, 0.0
         uniform = decay is None or bool((decay == decay[0]).all())
         if uniform and self.rank_reducible:
@@ -107,6 +111,8 @@ class BlockSamples:
             lam = 0.0 if decay is None else float(decay[0])
             null_floor = abs(lam)  # the eigenvalue λ on the complement, which the compressed form omits
             decay = None if decay is None else decay[0].expand(Z.shape[1])
+        if nn_idx is not None:
+            Z = midpoints_with(Z, nn_idx)
         V = torch.randn(Z.shape, generator=generator, dtype=Z.dtype).to(Z.device)
         est, V = base._power(Z, V / V.norm(dim=1, keepdim=True), decay, screen_iters, tol)
         if Z.shape[0] and iters > screen_iters:
@@ -202,9 +208,11 @@ def _lambda_max_weighted(X: torch.Tensor, w: torch.Tensor) -> float:
 
 def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step: int | None = None
                   ) -> tuple[BlockSamples, float]:
-    """Run ``loss_fn(model, batch)`` on a deep copy with hooks, and unroll ``layer`` into samples.
+    """Run ``loss_fn(model, batch)`` with temporary hooks and unroll ``layer`` into samples.
 
-    Returns the samples and the loss. Raises :class:`UnsupportedError` for layers whose field is not of
+    δ is taken with ``torch.autograd.grad`` w.r.t. the consumer's output only, so no parameter ``.grad`` is
+    touched; the model is deep-copied first only when a forward pass could change it (modules with buffers,
+    e.g. BatchNorm running statistics). Returns the samples and the loss. Raises :class:`UnsupportedError` for layers whose field is not of
     the T1 form and :class:`NonFiniteError` for a NaN/Inf loss or signal.
     """
     if layer.kind not in ("linear", "conv2d"):
@@ -217,7 +225,7 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
             f"'one activation, then linear ops', so the update field is not of the T1 form.")
     activation = get_activation(layer.activation_fn if layer.activation_fn not in (None, "identity")
                                 else layer.activation)
-    m = copy.deepcopy(model)
+    m = copy.deepcopy(model) if any(True for _ in model.buffers()) else model
     mods = dict(m.named_modules())
     prod, cons = mods[layer.producer], mods[layer.consumer]
     for fn in layer.between_fns:
@@ -233,17 +241,15 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
         captured["h"].append(inp[0].detach())
 
     def keep_output(_mod, _inp, out):
-        if out.requires_grad:
-            out.retain_grad()
         captured["y"].append(out)
 
     handles = [prod.register_forward_hook(keep_input), cons.register_forward_hook(keep_output)]
     try:
         with torch.enable_grad():
-            m.zero_grad(set_to_none=True)
             loss = loss_fn(m, batch)
             _check_loss(loss, layer, step)
-            loss.backward()
+            ys = captured["y"]
+            grads = torch.autograd.grad(loss, ys[:1], allow_unused=True) if ys and ys[0].requires_grad else (None,)
     finally:
         for h in handles:
             h.remove()
@@ -252,7 +258,7 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
                                f"{max(len(captured['h']), len(captured['y']))} times per forward pass "
                                f"(shared weights); the update field of T1 needs one use of each.")
     h, y = captured["h"][0], captured["y"][0]
-    delta = y.grad if y.grad is not None else torch.zeros_like(y)
+    delta = grads[0] if grads[0] is not None else torch.zeros_like(y)
     if not torch.isfinite(delta).all():
         raise NonFiniteError(f"layer {layer.name!r}{_at(step)}: the back-propagated signal is NaN/Inf.")
     if isinstance(prod, nn.Linear):
@@ -362,15 +368,18 @@ def nearest_neighbors(cloud: torch.Tensor, k: int, sketch_dim: int = 64, seed: i
     return torch.cat(out)
 
 
-def segment_points(cloud: torch.Tensor, k: int = 2, ts=(0.5,)) -> torch.Tensor:
-    """The neurons plus the points θ_i + t(θ_j − θ_i), j among the k nearest neighbours of i."""
+def midpoints_with(cloud: torch.Tensor, nn_idx: torch.Tensor, ts=(0.5,)) -> torch.Tensor:
+    """The rows of ``cloud`` followed by θ_i + t(θ_j − θ_i) for j in row i of ``nn_idx``, t in ``ts``."""
     pts = [cloud]
-    nn_idx = nearest_neighbors(cloud, k)
     for col in range(nn_idx.shape[1]):
         other = cloud[nn_idx[:, col]]
-        for t in ts:
-            pts.append(cloud + t * (other - cloud))
+        pts += [cloud + t * (other - cloud) for t in ts]
     return torch.cat(pts)
 
 
-__all__ = ["BlockSamples", "block_samples", "nearest_neighbors", "segment_points"]
+def segment_points(cloud: torch.Tensor, k: int = 2, ts=(0.5,)) -> torch.Tensor:
+    """The neurons plus the points θ_i + t(θ_j − θ_i), j among the k nearest neighbours of i."""
+    return midpoints_with(cloud, nearest_neighbors(cloud, k), ts)
+
+
+__all__ = ["BlockSamples", "block_samples", "midpoints_with", "nearest_neighbors", "segment_points"]

@@ -20,7 +20,14 @@ def count_coincident_pairs(cloud: torch.Tensor) -> int:
     """Number of pairs i < j with θ_i = θ_j exactly (merged neurons, T6): Σ c(c−1)/2 over groups of equal rows."""
     if cloud.shape[0] < 2:
         return 0
-    _, counts = torch.unique(cloud, dim=0, return_counts=True)
+    # Equal rows have equal projections: only rows whose random projection collides are compared exactly.
+    key = cloud.to(torch.float64) @ torch.randn(cloud.shape[1], dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(0))
+    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    candidates = counts[inverse] > 1
+    if not bool(candidates.any()):
+        return 0
+    _, counts = torch.unique(cloud[candidates], dim=0, return_counts=True)
     return int((counts * (counts - 1) // 2).sum())
 
 

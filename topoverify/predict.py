@@ -25,7 +25,7 @@ from torch import nn
 
 from ._results import ResultMixin, fmt
 from .errors import NonFiniteError, UnsupportedError
-from .field import block_samples, segment_points
+from .field import block_samples
 from .hessian import top_hessian_eigenvalue
 from .layouts import NeuronLayer, member_widths, neuron_cloud, resolve_layers
 from .pairs import count_coincident_pairs
@@ -255,8 +255,8 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
         return LayerPrediction(**base, available=False, reason=str(exc)), math.nan
     decay = torch.cat([torch.full((w,), wd, dtype=cloud.dtype) for w, wd in
                        zip(member_widths(model, layer), rule.weight_decay)])
-    points = segment_points(cloud, k=neighbors)
-    norms = samples.hessian_norm_lower(points, decay=decay, iters=iters, tol=tol, generator=gen)
+    norms = samples.hessian_norm_lower(cloud, decay=decay, iters=iters, tol=tol, generator=gen,
+                                       neighbors=neighbors)
     K = float(norms.max()) if norms.numel() else 0.0
     argmax = int(norms.argmax()) % layer.size if norms.numel() else None
     K_up = samples.hessian_norm_upper(cloud, decay_max=max(rule.weight_decay, default=0.0))
@@ -276,7 +276,7 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
         eta_star=float(eta_star_numeric(K_eff)), eta_star_certified=float(eta_star_numeric(K_eff_up)),
         lower=lo, upper=up, lower_certified=lo_c, upper_certified=up_c,
         phase=PRESERVING if rule.lr * K_eff < 1 else BREAKDOWN_POSSIBLE,
-        certified_preserving=rule.lr * K_eff_up < 1, lambda_layer=lam_layer, n_points=int(points.shape[0]),
+        certified_preserving=rule.lr * K_eff_up < 1, lambda_layer=lam_layer, n_points=int(norms.shape[0]),
         argmax_neuron=argmax, merged_pairs=merged), loss
 
 
