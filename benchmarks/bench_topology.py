@@ -2,7 +2,7 @@
 
     python benchmarks/bench_topology.py [--quick]
 
-Writes benchmarks/results/topology.md. Clouds: a noisy circle (radius 1, noise 0.05 per coordinate)
+Writes benchmarks/results/topology.md. Clouds: a noisy circle (radius 1, noise 0.05·sqrt(2/d) per coordinate, so the noise norm stays ~0.05 in every dimension)
 isometrically embedded in R^d, standing in for a neuron cloud with a loop. Full ripser is run only
 where it is expected to finish (N <= FULL_MAX); larger N is skipped and said so.
 """
@@ -66,7 +66,7 @@ def main() -> None:
         "",
         "## H0+H1 of N neurons in R^d: full vs greedy subsample",
         "",
-        f"Cloud: noisy unit circle (noise 0.05/coord) isometrically embedded in R^d. Subsample: n_perm = {n_perm} farthest points;",
+        f"Cloud: noisy unit circle (noise 0.05·sqrt(2/d) per coordinate: noise norm ≈ 0.05 in every d) isometrically embedded in R^d. Subsample: n_perm = {n_perm} farthest points;",
         "certified error = 2·r_cover bounds the bottleneck distance to the full diagrams (Rips stability).",
         "`bottleneck(full, sub)` is measured where the full diagrams exist. Full ripser is skipped above "
         f"N = {full_max}.",
@@ -78,7 +78,7 @@ def main() -> None:
     worst_sub = 0.0
     for n in sizes:
         for d in dims:
-            x = C.circle(n, noise=0.05, ambient_dim=d, seed=n + d)
+            x = C.circle(n, noise=0.05 * (2 / d) ** 0.5, ambient_dim=d, seed=n + d)
             sub, ts = timed(T.persistence, x, maxdim=1, n_perm=n_perm)
             worst_sub = max(worst_sub, ts)
             if n <= full_max:

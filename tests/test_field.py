@@ -13,12 +13,9 @@ from topoverify.activations import get_activation
 from topoverify.field import block_samples, segment_points
 from topoverify.layouts import detect_layers, neuron_cloud
 from topoverify.permute import permute, transposition
-from topoverify.strategies.models import ArchSpec, architectures, make_batch
+from topoverify.strategies.models import SMOOTH_ACTIVATIONS, architectures, make_batch, mlp_specs
 
-SMOOTH_ARCHS = st.builds(
-    ArchSpec, kind=st.just("mlp"), in_features=st.integers(1, 3),
-    widths=st.lists(st.integers(2, 8), min_size=1, max_size=2).map(tuple), out_features=st.integers(1, 2),
-    activation=st.sampled_from(["tanh", "gelu", "sigmoid"]), bias=st.booleans())
+SMOOTH_ARCHS = mlp_specs(max_depth=2, max_width=8, activation_names=SMOOTH_ACTIVATIONS, max_in=3, max_out=2)
 
 
 def mse(model, batch):

@@ -20,14 +20,11 @@ from topoverify.layouts import detect_layers, explicit_layer, neuron_cloud
 from topoverify.pairs import ratio_stats
 from topoverify.predict import BREAKDOWN_POSSIBLE, PRESERVING
 from topoverify.scenarios import circle_mlp, default_scenario, mse_loss
-from topoverify.strategies.models import ArchSpec, make_batch
+from topoverify.strategies.models import SMOOTH_ACTIVATIONS, make_batch, mlp_specs
 from topoverify.symbolic import multistep_bounds_numeric
 from topoverify.verify import take_step
 
-SMOOTH_ARCHS = st.builds(
-    ArchSpec, kind=st.just("mlp"), in_features=st.integers(1, 3),
-    widths=st.lists(st.integers(2, 10), min_size=1, max_size=2).map(tuple), out_features=st.integers(1, 2),
-    activation=st.sampled_from(["tanh", "gelu", "sigmoid"]), bias=st.booleans())
+SMOOTH_ARCHS = mlp_specs(max_depth=2, max_width=10, activation_names=SMOOTH_ACTIVATIONS, max_in=3, max_out=2)
 
 
 @given(arch=SMOOTH_ARCHS, seed=st.integers(0, 10_000), fraction=st.floats(0.05, 0.95),

@@ -15,19 +15,15 @@ from topoverify import topology as T
 from topoverify.layouts import detect_layers, neuron_cloud
 from topoverify.predict import predict_step
 from topoverify.scenarios import circle_scenario
-from topoverify.strategies.models import ArchSpec, make_batch
+from topoverify.strategies.models import SMOOTH_ACTIVATIONS, make_batch, mlp_specs
 from topoverify.verify import take_step
 
 # ripser computes in float32: diagram values carry a relative rounding of ~6e-8, i.e. ~1e-7 in log scale
 LOG_TOL = 1e-5
 
 
-@st.composite
-def smooth_mlps(draw):
-    widths = tuple(draw(st.lists(st.integers(3, 12), min_size=1, max_size=2)))
-    return ArchSpec(kind="mlp", in_features=draw(st.integers(1, 4)), widths=widths,
-                    out_features=draw(st.integers(1, 3)), activation=draw(st.sampled_from(["tanh", "gelu", "sigmoid"])),
-                    bias=draw(st.booleans()))
+def smooth_mlps():
+    return mlp_specs(max_depth=2, min_width=3, max_width=12, activation_names=SMOOTH_ACTIVATIONS)
 
 
 def _diagrams(cloud):

@@ -36,6 +36,7 @@ from .errors import NonFiniteError, TopoverifyError, UnsupportedError
 from .layouts import NeuronLayer, neuron_cloud, resolve_layers
 from .permute import preflight
 from .predict import predict_step
+from .verify import step_in_place
 from .scenarios import Scenario
 from . import topology as _topo
 
@@ -364,24 +365,6 @@ def _pick_layer(layers: list[NeuronLayer], which: str | int | None) -> int:
     raise TopoverifyError(f"no neuron layer named {which!r}; layers: {[l.name for l in layers]}.")
 
 
-@torch.enable_grad()
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, batch) -> float:
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch)
-        loss.backward()
-        return loss
-
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model, batch)
-    loss.backward()
-    if isinstance(opt, torch.optim.LBFGS):
-        opt.step(closure)
-    else:
-        opt.step()
-    return float(loss.detach())
-
-
 def sweep(scenario: Scenario, make_optimizer: Callable[[nn.Module, float], torch.optim.Optimizer],
           lrs: Sequence[float], steps: int, *, every: int = 1, layer: str | int | None = None,
           maxdim: int | None = None, n_perm: int | None = -1, merge_rtol: float = DEFAULT_MERGE_RTOL,
@@ -493,7 +476,7 @@ def _run(scenario, make_optimizer, lr, steps, every, layers, idx, tracked, maxdi
             except NonFiniteError as exc:  # a non-finite state is caught below as divergence
                 reason = str(exc)
         try:
-            loss = _train_step(model, opt, scenario.loss_fn, batch)
+            loss = step_in_place(model, opt, scenario.loss_fn, batch)
         except RuntimeError as exc:  # e.g. an optimizer refusing non-finite values
             diverged_at, divergence = t, f"step raised {type(exc).__name__}: {exc}"
             break

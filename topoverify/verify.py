@@ -88,24 +88,27 @@ class StepVerification(ResultMixin):
 
 
 @torch.enable_grad()
-def take_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch):
-    """One real optimizer step on deep copies; returns (model_copy, optimizer_copy, loss_before)."""
-    m, opt = clone(model, optimizer)
+def step_in_place(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch) -> float:
+    """One real optimizer step on ``model`` itself (closure form, so LBFGS works); returns the pre-step loss."""
 
     def closure():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(m, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model, batch)
         loss.backward()
         return loss
 
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(m, batch)
-    loss.backward()
-    if isinstance(opt, torch.optim.LBFGS):
-        opt.step(closure)
+    loss = closure()
+    if isinstance(optimizer, torch.optim.LBFGS):
+        optimizer.step(closure)
     else:
-        opt.step()
-    return m, opt, float(loss.detach())
+        optimizer.step()
+    return float(loss.detach())
+
+
+def take_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch):
+    """One real optimizer step on deep copies; returns (model_copy, optimizer_copy, loss_before)."""
+    m, opt = clone(model, optimizer)
+    return m, opt, step_in_place(m, opt, loss_fn, batch)
 
 
 def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch, *,
@@ -151,4 +154,4 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
     return StepVerification(prediction, tuple(results), loss_before, loss_after, step, skipped)
 
 
-__all__ = ["LayerVerification", "StepVerification", "verify_step", "take_step"]
+__all__ = ["LayerVerification", "StepVerification", "verify_step", "take_step", "step_in_place"]

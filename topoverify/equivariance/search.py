@@ -17,7 +17,7 @@ from hypothesis.errors import NoSuchExample
 from ..errors import TopoverifyError
 from ..strategies.models import ArchSpec, TrainingExample, make_batch, training_examples
 from .report import Counterexample, EquivarianceReport, SymmetryReport
-from .runner import (COMPARABLE, ExampleResult, OptimizerFailure, OptimizerSetup, build_model, identical_neurons_gap,
+from .runner import (COMPARABLE, ExampleResult, OptimizerFailure, build_model, identical_neurons_gap,
                      optimizer_name, resolve_setup, run_example, single_thread, trajectory,
                      uses_randomness)
 

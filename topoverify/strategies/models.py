@@ -27,6 +27,7 @@ from torch import nn
 from .._results import ResultMixin
 
 ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid")
+SMOOTH_ACTIVATIONS = ("tanh", "gelu", "sigmoid")  # σ' Lipschitz: the update field has a finite K
 _ACT_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 GROUP_MODES = ("one", "weights_biases", "split")
 
@@ -152,20 +153,21 @@ def param_groups(model: nn.Module, mode: str, names: list[str] | None = None):
 # Strategies
 # ----------------------------------------------------------------------------------------------------------
 
-def activations() -> st.SearchStrategy[str]:
-    return st.sampled_from(ACTIVATIONS)
+def activations(names=ACTIVATIONS) -> st.SearchStrategy[str]:
+    return st.sampled_from(names)
 
 
-def mlp_specs(max_depth: int = 3, min_width: int = 2, max_width: int = 16, bias: bool | None = None
-              ) -> st.SearchStrategy[ArchSpec]:
-    """MLPs with 1..``max_depth`` hidden layers of width ``min_width..max_width``."""
+def mlp_specs(max_depth: int = 3, min_width: int = 2, max_width: int = 16, bias: bool | None = None,
+              activation_names=ACTIVATIONS, max_in: int = 4, max_out: int = 3) -> st.SearchStrategy[ArchSpec]:
+    """MLPs with 1..``max_depth`` hidden layers of width ``min_width..max_width`` and activations drawn from
+    ``activation_names`` (e.g. :data:`SMOOTH_ACTIVATIONS` where a finite K is needed)."""
     return st.builds(
         ArchSpec,
         kind=st.just("mlp"),
-        in_features=st.integers(1, 4),
+        in_features=st.integers(1, max_in),
         widths=st.lists(st.integers(min_width, max_width), min_size=1, max_size=max_depth).map(tuple),
-        out_features=st.integers(1, 3),
-        activation=activations(),
+        out_features=st.integers(1, max_out),
+        activation=activations(activation_names),
         bias=st.booleans().map(lambda b: not b) if bias is None else st.just(bias),
     )
 
