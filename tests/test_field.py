@@ -134,3 +134,35 @@ def test_explicit_layer_has_no_field_but_a_clear_reason():
     with pytest.raises(UnsupportedError, match="explicit layout"):
         block_samples(model, layer, mse, (torch.zeros(2, 2, dtype=torch.float64),) * 1 + (torch.zeros(2, 1),))
     assert dataclasses.asdict(layer)["size"] == 3
+
+
+def test_functional_activation_keeps_its_arguments():
+    """F.softplus(x, beta=100) must not be analysed as F.softplus(x): the field must still be the gradient."""
+    import torch.nn.functional as F
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(2, 5), nn.Linear(5, 1)
+
+        def forward(self, x):
+            return self.fc2(F.softplus(self.fc1(x), beta=100.0))
+
+    torch.manual_seed(0)
+    model = Net().double()
+    with torch.no_grad():
+        model.fc1.weight.mul_(0.01)
+    batch = (torch.randn(7, 2, dtype=torch.float64), torch.randn(7, 1, dtype=torch.float64))
+    layer = detect_layers(model)[0]
+    s, _ = block_samples(model, layer, mse, batch)
+    cloud = neuron_cloud(model, layer)
+    torch.testing.assert_close(s.gradient(cloud), autograd_neuron_gradients(model, layer, batch), rtol=1e-9,
+                               atol=1e-13)
+    exact = max(torch.linalg.matrix_norm(torch.func.hessian(s.potential)(z), 2) for z in cloud)
+    assert s.hessian_norm_upper(cloud) >= exact
+
+
+@pytest.mark.parametrize("act,smooth", [(nn.ELU(alpha=0.5), False), (nn.ELU(), True), (nn.SELU(), False),
+                                        (nn.CELU(alpha=0.3), True), (nn.Softplus(beta=5.0), True)])
+def test_derivative_jump_makes_an_activation_non_smooth(act, smooth):
+    assert get_activation(act).smooth is smooth

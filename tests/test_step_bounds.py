@@ -28,18 +28,21 @@ SMOOTH_ARCHS = mlp_specs(max_depth=2, max_width=10, activation_names=SMOOTH_ACTI
 
 
 @given(arch=SMOOTH_ARCHS, seed=st.integers(0, 10_000), fraction=st.floats(0.05, 0.95),
-       momentum=st.sampled_from([0.0, 0.0, 0.9]), weight_decay=st.sampled_from([0.0, 1e-2]))
-def test_T2_sgd_step_inside_certified_bounds(arch, seed, fraction, momentum, weight_decay):
+       momentum=st.sampled_from([0.0, 0.0, 0.9]), weight_decay=st.sampled_from([0.0, 1e-2, 0.5]),
+       maximize=st.booleans())
+def test_T2_sgd_step_inside_certified_bounds(arch, seed, fraction, momentum, weight_decay, maximize):
     """For lr below the predicted η*, every pair's distance ratio after a real SGD step lies in
     [1 − lr·K, 1 + lr·K], for the certified K and for the sampled estimate."""
     model = arch.build(seed=seed)
     batch = make_batch(arch, 8, seed, 0)
-    probe = torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum, weight_decay=weight_decay)
+    probe = torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum, weight_decay=weight_decay,
+                            maximize=maximize)
     if momentum:  # give the buffer a history so that the conditional momentum bound is exercised
         model, probe, _ = take_step(model, probe, mse_loss, batch)
     pred = predict_step(model, probe, mse_loss, batch, hessian=False)
     lr = fraction * min(lp.eta_star for lp in pred.layers)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          maximize=maximize)
     opt.load_state_dict({**probe.state_dict(), "param_groups": [
         {**g, "lr": lr} for g in probe.state_dict()["param_groups"]]})
     ver = verify_step(model, opt, mse_loss, batch, hessian=False)
@@ -157,6 +160,32 @@ def test_predict_and_verify_do_not_mutate_model_or_optimizer():
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads_before))
 
 
+def test_loss_fn_side_effects_do_not_reach_the_callers_model():
+    s = default_scenario(n=6)
+    model = s.model()
+
+    def loss_fn(m, batch):
+        m.eval()
+        m.touched = True
+        return s.loss_fn(m, batch)
+
+    verify_step(model, s.sgd(model, 0.04), loss_fn, s.batch)
+    assert model.training and not hasattr(model, "touched")
+
+
+def test_shared_module_is_not_a_layer_and_the_error_says_why():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.o = nn.Linear(4, 4), nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.o(torch.tanh(self.a(torch.tanh(self.a(x)))))
+
+    with pytest.raises(LayoutError, match="shared weights"):
+        detect_layers(Shared())
+
+
 def test_momentum_prediction_is_conditional_on_the_buffer():
     s = default_scenario(n=16)
     model = s.model()
@@ -245,5 +274,19 @@ def test_model_without_layers_and_bad_layout_errors():
 def test_loss_fn_must_return_a_scalar():
     s = default_scenario(n=4)
     model = s.model()
-    with pytest.raises(TopoverifyError, match="scalar tensor"):
-        predict_step(model, s.sgd(model, 0.1), lambda m, b: m(b[0]), s.batch, check_layout=False)
+    opt = s.sgd(model, 0.1)
+    for bad_fn, match in [(lambda m, b: m(b[0]), "scalar tensor"), (lambda m, b: 1.0, "scalar tensor"),
+                          (lambda m, b: (mse_loss(m, b), 0), "scalar tensor"),
+                          (lambda m, b: mse_loss(m, b).detach(), "does not depend")]:
+        for check_layout in (True, False):
+            with pytest.raises(TopoverifyError, match=match):
+                predict_step(model, opt, bad_fn, s.batch, check_layout=check_layout, hessian=False)
+
+
+def test_nan_or_empty_batch_is_a_non_finite_error_not_a_layout_error():
+    s = default_scenario(n=4)
+    model = s.model()
+    x, y = s.batch
+    for batch in [(x * float("nan"), y), (x[:0], y[:0])]:
+        with pytest.raises(NonFiniteError, match="NaN/Inf or is empty"):
+            predict_step(model, s.sgd(model, 0.1), s.loss_fn, batch)

@@ -107,9 +107,12 @@ _FUNCTIONS: dict[str, Callable] = {
 }
 
 
-def get_activation(spec: str | nn.Module | Callable | None) -> Activation:
+def get_activation(spec: str | nn.Module | Callable | None, *, name: str | None = None,
+                   key: str | None = None) -> Activation:
     """An :class:`Activation` from a name, an ``nn.Module`` (its parameters, e.g. a slope, are kept) or a
-    function. Unknown activations raise :class:`UnsupportedError` listing the supported names."""
+    one-argument function with its arguments bound (then ``name`` gives its kind and ``key`` its
+    configuration, e.g. ``"softplus(beta=100.0)"``, for caching). Unknown activations raise
+    :class:`UnsupportedError` listing the supported names."""
     if spec is None:
         raise UnsupportedError("the layer has no single known elementwise activation between its two linear "
                                "maps, so its update field is not of the form of T1; K_field needs one of: "
@@ -121,11 +124,26 @@ def get_activation(spec: str | nn.Module | Callable | None) -> Activation:
     if isinstance(spec, nn.Module):
         return _cached_module(type(spec), repr(spec), spec)
     from .layouts import ACTIVATION_FUNCTIONS
-    name = ACTIVATION_FUNCTIONS.get(spec, getattr(spec, "__name__", "custom"))
-    return Activation(name, spec, name in SMOOTH)
+    name = name or ACTIVATION_FUNCTIONS.get(spec, getattr(spec, "__name__", "custom"))
+    cache_key = (type(spec), key) if key is not None else None
+    if cache_key is not None and cache_key in _MODULE_CACHE:
+        return _MODULE_CACHE[cache_key]
+    act = Activation(name, spec, name in SMOOTH and not _derivative_jumps_at_zero(spec))
+    if cache_key is not None:
+        _MODULE_CACHE[cache_key] = act
+    return act
 
 
-_MODULE_CACHE: dict[tuple[type, str], Activation] = {}
+def _derivative_jumps_at_zero(fn: Callable) -> bool:
+    """Whether σ' jumps at 0 (e.g. ELU with α ≠ 1, SELU): then the update field is not Lipschitz."""
+    x = torch.tensor([-1e-7, 1e-7], dtype=torch.float64)
+    with torch.enable_grad():
+        x.requires_grad_(True)
+        (d1,) = torch.autograd.grad(fn(x).sum(), x)
+    return bool((d1[1] - d1[0]).abs() > 1e-4)
+
+
+_MODULE_CACHE: dict[tuple[type, str | None], Activation] = {}
 
 
 def _cached_module(kind: type, text: str, module: nn.Module) -> Activation:
@@ -138,7 +156,7 @@ def _cached_module(kind: type, text: str, module: nn.Module) -> Activation:
             name = "gelu_tanh"
         if name is None:
             raise UnsupportedError(f"activation module {kind.__name__} is not supported.")
-        _MODULE_CACHE[key] = Activation(name, module, name in SMOOTH)
+        _MODULE_CACHE[key] = Activation(name, module, name in SMOOTH and not _derivative_jumps_at_zero(module))
     return _MODULE_CACHE[key]
 
 

@@ -77,7 +77,8 @@ def run_verify_step(args) -> int:
                 print(f"lr={fmt(lr)} step {t}: K={fmt(p.K)} (cert. {fmt(p.K_upper)}), lr*K={fmt(lr * p.K_eff)}, "
                       f"eta*={fmt(p.eta_star)}, phase={p.phase}; observed ratios "
                       f"[{fmt(lv.min_ratio, 6)}, {fmt(lv.max_ratio, 6)}] within predicted "
-                      f"[{fmt(p.lower, 6)}, {fmt(p.upper, 6)}]: {'yes' if lv.holds else 'NO'}; "
+                      f"[{fmt(p.lower, 6)}, {fmt(p.upper, 6)}]: {'yes' if lv.holds else 'NO'}"
+                      f"{'' if lv.checked == 'both bounds' else ' (upper bound only: lr*K >= 1 makes the lower bound 0)'}; "
                       f"loss {fmt(ver.loss_before)} -> {fmt(ver.loss_after)}")
             model, opt, _ = take_step(model, opt, scenario.loss_fn, scenario.batch)
         runs.append({"lr": lr, "steps": steps})

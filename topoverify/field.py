@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .activations import Activation, get_activation
-from .errors import NonFiniteError, TopoverifyError, UnsupportedError
+from .errors import NonFiniteError, UnsupportedError
+from .lossfn import check_loss
 from .layouts import NeuronLayer, neuron_blocks
 
 _CHUNK_ELEMENTS = 1 << 22  # samples × points per chunk (memory stays linear in N)
@@ -211,8 +212,10 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
     """Run ``loss_fn(model, batch)`` with temporary hooks and unroll ``layer`` into samples.
 
     δ is taken with ``torch.autograd.grad`` w.r.t. the consumer's output only, so no parameter ``.grad`` is
-    touched; the model is deep-copied first only when a forward pass could change it (modules with buffers,
-    e.g. BatchNorm running statistics). Returns the samples and the loss. Raises :class:`UnsupportedError` for layers whose field is not of
+    touched. ``loss_fn`` runs on a copy of the model whose modules, buffers and attributes are its own (so
+    hooks, ``train()``/``eval()`` switches, BatchNorm statistics or other side effects never reach the
+    caller's model) but whose parameter tensors are shared, read-only, to save copying them.
+    Returns the samples and the loss. Raises :class:`UnsupportedError` for layers whose field is not of
     the T1 form and :class:`NonFiniteError` for a NaN/Inf loss or signal.
     """
     if layer.kind not in ("linear", "conv2d"):
@@ -223,9 +226,11 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
         raise UnsupportedError(
             f"layer {layer.name!r}: the ops between producer and consumer ({', '.join(layer.chain)}) are not "
             f"'one activation, then linear ops', so the update field is not of the T1 form.")
-    activation = get_activation(layer.activation_fn if layer.activation_fn not in (None, "identity")
-                                else layer.activation)
-    m = copy.deepcopy(model) if any(True for _ in model.buffers()) else model
+    if layer.activation_fn in (None, "identity") or isinstance(layer.activation_fn, str):
+        activation = get_activation(layer.activation)
+    else:
+        activation = get_activation(layer.activation_fn, name=layer.activation, key=layer.activation_key)
+    m = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     mods = dict(m.named_modules())
     prod, cons = mods[layer.producer], mods[layer.consumer]
     for fn in layer.between_fns:
@@ -247,7 +252,7 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
     try:
         with torch.enable_grad():
             loss = loss_fn(m, batch)
-            _check_loss(loss, layer, step)
+            check_loss(loss, where=f"layer {layer.name!r}", step=step)
             ys = captured["y"]
             grads = torch.autograd.grad(loss, ys[:1], allow_unused=True) if ys and ys[0].requires_grad else (None,)
     finally:
@@ -324,16 +329,6 @@ def _unblock(a_flat: torch.Tensor, member, full_shape) -> torch.Tensor:
     moved_rest = [s for k, s in enumerate(full_shape) if k != member.axis]
     t = a_flat.reshape(member.block, *moved_rest)
     return t.movedim(0, member.axis)
-
-
-def _check_loss(loss, layer, step):
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise TopoverifyError(f"loss_fn(model, batch) must return a scalar tensor, got "
-                               f"{type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else tuple(loss.shape)}.")
-    if not torch.isfinite(loss):
-        raise NonFiniteError(f"the loss is {float(loss.detach())}{_at(step)} (layer {layer.name!r}): training has "
-                             f"diverged, e.g. the learning rate is far above η*. Lower it, or treat the "
-                             f"divergence as the finding.")
 
 
 def _at(step):

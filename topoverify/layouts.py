@@ -75,11 +75,13 @@ class NeuronLayer(ResultMixin):
     chain: tuple[str, ...] = field(default_factory=tuple)
     activation_fn: object = field(default=None, compare=False, repr=False)
     between_fns: tuple = field(default=(), compare=False, repr=False)
+    activation_key: str | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         d = super().to_dict()
         d.pop("activation_fn", None)
         d.pop("between_fns", None)
+        d.pop("activation_key", None)
         return d
 
     def __str__(self) -> str:
@@ -185,6 +187,15 @@ def _as_callable(node, modules):
     return lambda x: getattr(x, node.target)(*extra_args, **kwargs)
 
 
+def _activation_key(node, modules) -> str:
+    """A string that identifies an activation with its arguments (e.g. ``softplus(beta=100.0)``), so that
+    one configuration shares one cached :class:`~topoverify.activations.Activation`."""
+    if node.op == "call_module":
+        return repr(modules[node.target])
+    extra = [repr(a) for a in node.args[1:]] + [f"{k}={v!r}" for k, v in node.kwargs.items()]
+    return f"{getattr(node.target, '__name__', node.target)}({', '.join(extra)})"
+
+
 def _trace(model: nn.Module):
     try:
         return torch.fx.symbolic_trace(model)
@@ -203,10 +214,15 @@ def detect_layers(model: nn.Module) -> list[NeuronLayer]:
     """
     gm = _trace(model)
     modules = dict(gm.named_modules())
+    uses: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            uses[node.target] = uses.get(node.target, 0) + 1
+    reused = sorted(t for t, c in uses.items() if c > 1 and isinstance(modules[t], (nn.Linear, nn.Conv2d)))
     layers: list[NeuronLayer] = []
     for node in gm.graph.nodes:
         kind, prod = _node_kind(node, modules)
-        if kind != "layer" or (isinstance(prod, nn.Conv2d) and prod.groups != 1):
+        if kind != "layer" or (isinstance(prod, nn.Conv2d) and prod.groups != 1) or node.target in reused:
             continue
         chain, acts, flattened, cur, between = [], [], False, node, []
         consumer_node = None
@@ -219,8 +235,7 @@ def detect_layers(model: nn.Module) -> list[NeuronLayer]:
                 consumer_node = nxt
                 break
             if k == "activation":
-                acts.append((info, modules[nxt.target] if nxt.op == "call_module" else
-                             (nxt.target if nxt.op == "call_function" else info)))
+                acts.append((info, _as_callable(nxt, modules), _activation_key(nxt, modules)))
             elif not (k == "passthrough" and isinstance(prod, nn.Conv2d)) and not (
                     k == "flatten" and isinstance(prod, nn.Conv2d) and not flattened):
                 if not (k == "passthrough" and "ropout" in str(info)):
@@ -230,7 +245,7 @@ def detect_layers(model: nn.Module) -> list[NeuronLayer]:
             if k != "activation":
                 between.append(_as_callable(nxt, modules))
             cur = nxt
-        if consumer_node is None:
+        if consumer_node is None or consumer_node.target in reused:
             continue
         cons = modules[consumer_node.target]
         pname, cname = node.target, consumer_node.target
@@ -252,17 +267,19 @@ def detect_layers(model: nn.Module) -> list[NeuronLayer]:
         if prod.bias is not None:
             members.append(ParamAxis(f"{pname}.bias", 0))
         members.append(ParamAxis(f"{cname}.weight", 1, block))
-        activation, act_fn = acts[0] if len(acts) == 1 else (("identity", "identity") if not acts else (None, None))
-        if act_fn is not None and not isinstance(act_fn, str) and not callable(act_fn):
-            act_fn = activation
+        activation, act_fn, act_key = (acts[0] if len(acts) == 1 else
+                                       (("identity", "identity", "identity") if not acts else (None, None, None)))
         layers.append(NeuronLayer(name=pname, size=n, members=tuple(members), kind=kind_name, producer=pname,
                                   consumer=cname, activation=activation, chain=tuple(chain), activation_fn=act_fn,
+                                  activation_key=act_key,
                                   between_fns=tuple(between) if not acts or (len(acts) == 1 and chain[0] == activation)
                                   else (None,)))
     if not layers:
         found = sorted({type(m).__name__ for m in model.modules() if m is not model})
+        shared = (f" Modules called more than once (shared weights) are not neuron layers: {', '.join(reused)}."
+                  if reused else "")
         raise LayoutError(f"no neuron layer detected in {type(model).__name__} (modules: "
-                          f"{', '.join(found) or 'none'}). " + SUPPORTED_TEXT)
+                          f"{', '.join(found) or 'none'}).{shared} " + SUPPORTED_TEXT)
     return [validate_layer(model, layer) for layer in layers]
 
 

@@ -45,31 +45,47 @@ class RatioStats:
     max_secant: float       # max ‖Δθ'_ij − Δθ_ij‖/‖Δθ_ij‖ = lr·K_secant (an observation)
 
 
+def _accurate_cdist(X: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """Distances from rows s:e of X to all rows. torch.cdist's matrix-product form loses accuracy to
+    cancellation for pairs much closer than their norms; those pairs are recomputed from differences."""
+    d = torch.cdist(X[s:e], X)
+    norms = X.norm(dim=1)
+    close = d < 1e-2 * (norms[s:e, None] + norms[None, :])
+    if bool(close.any()):
+        i, j = close.nonzero(as_tuple=True)
+        step = max(1, (1 << 20) // max(1, X.shape[1]))
+        for k in range(0, i.numel(), step):
+            ii, jj = i[k: k + step], j[k: k + step]
+            d[ii, jj] = (X[s + ii] - X[jj]).norm(dim=1)
+    return d
+
+
 def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: float,
-                abs_tol: float | None = None) -> RatioStats:
+                rel_tol: float | None = None) -> RatioStats:
     """Hold the ratio bounds [lower, upper] against every pair (T2). A pair violates when
-    ‖Δθ'‖ > upper‖Δθ‖ + tol or ‖Δθ'‖ < lower‖Δθ‖ − tol, with tol a round-off allowance on distances."""
-    n = before.shape[0]
-    if abs_tol is None:
-        eps = torch.finfo(before.dtype).eps
-        scale = float(before.abs().max()) + float(after.abs().max()) if n else 0.0
-        abs_tol = 64 * eps * max(scale, 1e-30) * math.sqrt(before.shape[1] if before.dim() == 2 else 1)
+    ‖Δθ'‖ > upper‖Δθ‖ + tol_ij or ‖Δθ'‖ < lower‖Δθ‖ − tol_ij, where tol_ij = c·eps·√d·(m_i + m_j + m'_i + m'_j)
+    is a round-off allowance from the pair's own magnitudes (m = max |coordinate| of a row, before and
+    after; c = 8 unless ``rel_tol`` replaces c·eps). Distances are computed accurately for close pairs."""
+    n, d = before.shape[0], (before.shape[1] if before.dim() == 2 else 1)
+    c_eps = rel_tol if rel_tol is not None else 8 * torch.finfo(before.dtype).eps
+    mag = before.abs().amax(dim=1) + after.abs().amax(dim=1) if n else before.new_zeros(0)
     rmin, rmax, count, m0, m1, viol, margin, secant = math.inf, -math.inf, 0, 0, 0, 0, math.inf, 0.0
+    moved = after - before
     for s, e in _row_chunks(n):
         upper_mask = torch.arange(n)[None, :] > torch.arange(s, e)[:, None]
-        d0 = torch.cdist(before[s:e], before)
-        d1 = torch.cdist(after[s:e], after)
+        d0 = _accurate_cdist(before, s, e)
+        d1 = _accurate_cdist(after, s, e)
         m0 += int(((d0 == 0) & upper_mask).sum())
         m1 += int(((d1 == 0) & upper_mask).sum())
         valid = upper_mask & (d0 > 0)
         if not bool(valid.any()):
             continue
-        r = d1[valid] / d0[valid]
         dd0, dd1 = d0[valid], d1[valid]
+        tol = (c_eps * math.sqrt(d) * (mag[s:e, None] + mag[None, :]))[valid]
+        r = dd1 / dd0
         count += int(r.numel())
         rmin, rmax = min(rmin, float(r.min())), max(rmax, float(r.max()))
-        viol += int(((dd1 > upper * dd0 + abs_tol) | (dd1 < lower * dd0 - abs_tol)).sum())
+        viol += int(((dd1 > upper * dd0 + tol) | (dd1 < lower * dd0 - tol)).sum())
         margin = min(margin, float(torch.minimum(r - lower, upper - r).min()))
-        moved = torch.cdist(after[s:e] - before[s:e], after - before)[valid] / dd0
-        secant = max(secant, float(moved.max()))
+        secant = max(secant, float((_accurate_cdist(moved, s, e)[valid] / dd0).max()))
     return RatioStats(rmin, rmax, count, m0, m1, viol, margin, secant)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .copying import clone
 from .errors import LayoutError
+from .lossfn import check_loss
 from .layouts import NeuronLayer, ParamAxis, validate_layer
 
 
@@ -231,7 +232,7 @@ def _diagnose(model, layer, perm, loss_fn, batch, base, tol, max_tries: int = 24
 def _loss_and_grads(model, loss_fn, batch):
     model = copy.deepcopy(model)
     model.zero_grad(set_to_none=True)
-    loss = loss_fn(model, batch)
+    loss = check_loss(loss_fn(model, batch), where="layout preflight")
     params = dict(model.named_parameters())
     names = [n for n, p in params.items() if p.requires_grad]
     grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)

@@ -47,6 +47,7 @@ class StepRule(ResultMixin):
     coef_buffer: float
     weight_decay: tuple[float, ...]  # per member parameter
     description: str
+    maximize: bool = False  # the update is −g + λθ: its Jacobian is −∇²Φ + Λ
 
 
 @dataclass(frozen=True)
@@ -176,15 +177,16 @@ def sgd_rule(optimizer: torch.optim.Optimizer, model: nn.Module, layer: NeuronLa
         cg, cb, desc = 1.0 + mu * (1 - tau), mu * mu, "SGD Nesterov momentum (conditional on the buffer)"
     else:
         cg, cb, desc = 1.0 - tau, mu, "SGD heavy-ball momentum (conditional on the buffer)"
-    return StepRule(name, lr, cg, cb, wd, desc), buffers
+    return StepRule(name, lr, cg, cb, wd, desc, bool(ref["maximize"])), buffers
 
 
 def _bounds(K: float, lr: float) -> tuple[float, float]:
-    """T2 ratio bounds (1 − lr·K, 1 + lr·K) from the symbolic module; unbounded when K is infinite."""
+    """T2 ratio bounds (max(0, 1 − lr·K), 1 + lr·K) from the symbolic module (distances are ≥ 0, so the
+    lower bound is clipped at 0: its sharp form); (0, inf) when K is infinite."""
     if not math.isfinite(K):
-        return -math.inf, math.inf
+        return 0.0, math.inf
     lo, up = bounds_numeric(K, lr)
-    return float(lo), float(up)
+    return max(0.0, float(lo)), float(up)
 
 
 def _as_float(x) -> float:
@@ -255,8 +257,9 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
         return LayerPrediction(**base, available=False, reason=str(exc)), math.nan
     decay = torch.cat([torch.full((w,), wd, dtype=cloud.dtype) for w, wd in
                        zip(member_widths(model, layer), rule.weight_decay)])
-    norms = samples.hessian_norm_lower(cloud, decay=decay, iters=iters, tol=tol, generator=gen,
-                                       neighbors=neighbors)
+    # ‖J‖ of the update u = ±g + Λθ: ‖∇²Φ + Λ‖, or ‖−∇²Φ + Λ‖ = ‖∇²Φ − Λ‖ with maximize=True
+    norms = samples.hessian_norm_lower(cloud, decay=-decay if rule.maximize else decay, iters=iters, tol=tol,
+                                       generator=gen, neighbors=neighbors)
     K = float(norms.max()) if norms.numel() else 0.0
     argmax = int(norms.argmax()) % layer.size if norms.numel() else None
     K_up = samples.hessian_norm_upper(cloud, decay_max=max(rule.weight_decay, default=0.0))

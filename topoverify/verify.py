@@ -28,7 +28,7 @@ class LayerVerification(ResultMixin):
     """Observed ratio extremes of one real step against the predicted bounds of one layer.
 
     ``holds`` uses the bounds from the K estimate (the prediction's phase); ``holds_certified`` uses the
-    certified K_upper. ``margin`` is min over pairs of the distance to the nearer bound (negative when a
+    certified K_upper. Above η* the lower bound is 0 and only the upper bound is a check (``checked``). ``margin`` is min over pairs of the distance to the nearer bound (negative when a
     bound is violated); ``tightness`` = max|r − 1| / (lr·K_eff), the fraction of the predicted band used.
     """
 
@@ -45,6 +45,7 @@ class LayerVerification(ResultMixin):
     margin: float
     tightness: float
     K_secant: float
+    checked: str = "both bounds"  # "upper bound only" when lr·K_eff ≥ 1 (the lower bound is then 0)
 
     def __str__(self) -> str:
         p = self.prediction
@@ -147,7 +148,8 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
             merged_before=st.merged_before, merged_after=st.merged_after, holds=st.violations == 0,
             holds_certified=st_c.violations == 0, violations=st.violations, margin=st.margin,
             tightness=dev / band if band > 0 else (0.0 if dev == 0 else math.inf),
-            K_secant=st.max_secant / lp.lr if lp.lr else math.nan))
+            K_secant=st.max_secant / lp.lr if lp.lr else math.nan,
+            checked="both bounds" if lp.lower > 0 else "upper bound only"))
     with torch.no_grad():
         loss_after = float(loss_fn(after_model, batch))
     skipped = tuple(f"{lp.layer}: {lp.reason}" for lp in prediction.layers if not lp.available)
