@@ -106,6 +106,32 @@ class NoisySGD(_SGDBase):
         return g + 0.01 * torch.randn_like(g)
 
 
+class ScalarNoisePlusBug(_SGDBase):
+    """A random scalar learning-rate factor shared by all coordinates (equivariant) times a per-index learning
+    rate (a real bug): not equivariant even in distribution, so "not_equivariant", not "stochastic"."""
+
+    def update(self, p, g, state, gi):
+        return float(torch.rand(())) * g * _ramp(p)
+
+
+class ScalarNoise(_SGDBase):
+    """A random scalar learning-rate factor shared by all coordinates: equivariant per realisation."""
+
+    def update(self, p, g, state, gi):
+        return (0.5 + float(torch.rand(()))) * g
+
+
+class NoisyMomentum(_SGDBase):
+    """Momentum SGD with per-coordinate uniform noise on the update (a control: equivariant in distribution,
+    not per realisation -> "stochastic")."""
+
+    def __init__(self, params, lr=0.05):
+        super().__init__(params, lr=lr, momentum=0.9)
+
+    def update(self, p, g, state, gi):
+        return g * (0.5 + torch.rand_like(g))
+
+
 class LateBug(_SGDBase):
     """Correct for steps 1 and 2; a per-index learning rate from step 3 on."""
 
@@ -165,6 +191,8 @@ CATALOGUE = {
     "block_quantized": (BlockQuantized, {}, "not_equivariant"),
     "tie_by_index": (TieByIndex, {}, "not_equivariant"),
     "noisy": (NoisySGD, {}, "stochastic"),
+    "noisy_momentum": (NoisyMomentum, {}, "stochastic"),
+    "scalar_noise_plus_bug": (ScalarNoisePlusBug, {}, "not_equivariant"),
     "late_bug": (LateBug, {}, "not_equivariant"),
     "wide_bug": (WideBug, {}, "not_equivariant"),
     "bias_bug": (BiasBug, {}, "not_equivariant"),

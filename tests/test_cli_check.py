@@ -44,3 +44,28 @@ def test_dotted_spec_and_options(capsys):
                "--json", *FAST])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["steps"] == 7 and out["seed"] == 5 and out["dtype"] == "float32"
+
+
+def test_module_in_the_current_directory(tmp_path, monkeypatch, capsys):
+    # the console script's sys.path[0] is its bin directory: the current one must be added, as pytest does
+    (tmp_path / "my_local_opt.py").write_text("import torch\n\ndef make(params, lr=0.01):\n"
+                                              "    return torch.optim.SGD(params, lr=lr)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(__import__("sys").modules, "my_local_opt", raising=False)
+    rc = main(["check-optimizer", "my_local_opt:make", "--json", *FAST])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["verdict"] == "equivariant"
+
+
+@pytest.mark.parametrize("argv", [["no_such_module:X"], ["torch.optim:Adam", "--kwargs", "not json"],
+                                  ["torch.optim:Adam", "--kwargs", "[1]"], ["torch.optim:NoSuch"]])
+def test_usage_errors_with_json_print_one_json_object(argv, capsys):
+    assert main(["check-optimizer", *argv, "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "error" and out["message"]
+
+
+def test_equivariant_message_states_the_limits_of_the_search(capsys):
+    main(["check-optimizer", "torch.optim:SGD", "--kwargs", '{"lr": 0.01}', "--steps", "7", "--json", *FAST])
+    msg = json.loads(capsys.readouterr().out)["message"]
+    assert "7 steps" in msg and "float64" in msg and "width 2-16" in msg and "no conv nets" in msg

@@ -10,7 +10,8 @@ from topoverify.equivariance import (Counterexample, EquivarianceReport, assert_
 from topoverify.equivariance.runner import OptimizerSetup
 from topoverify.strategies.models import ArchSpec, TrainingExample
 
-from broken_optimizers import ChaoticSin, NoisySGD, PerIndexLBFGS, PerIndexLR, TinyRelative
+from broken_optimizers import (ChaoticSin, NoisyMomentum, NoisySGD, PerIndexLBFGS, PerIndexLR, ScalarNoise,
+                               ScalarNoisePlusBug, TinyRelative)
 
 FAST = dict(examples=4, conv=False, shrink_time=2.0)
 
@@ -196,3 +197,24 @@ def test_roundoff_amplified_from_step_1_is_inconclusive_never_equivariant():
     report = equivariance_error(ChaoticSin, **FAST)
     assert report.verdict == "inconclusive", str(report)
     assert "round-off" in report.message
+
+
+def test_shared_random_lr_with_a_real_bug_is_not_equivariant_even_in_distribution():
+    # a random scalar lr shared by every coordinate is equivariant; times a per-index lr it is a real bug,
+    # which the in-distribution test (means over many seeds) exposes: not "stochastic"
+    report = equivariance_error(ScalarNoisePlusBug, examples=8, shrink_time=2.0)
+    assert report.verdict == "not_equivariant", str(report)
+    assert report.uses_randomness and "not even in distribution" in report.message
+    assert report.counterexample.observed > report.counterexample.allowed
+
+
+@pytest.mark.parametrize("cls", [NoisySGD, NoisyMomentum])
+def test_per_coordinate_noise_alone_stays_stochastic(cls):
+    for seed in (0, 1, 2):
+        report = equivariance_error(cls, examples=6, seed=seed)
+        assert report.verdict == "stochastic", str(report)
+        assert "in distribution" in report.message and any("in-distribution test" in n for n in report.notes)
+
+
+def test_shared_random_scalar_lr_is_equivariant():
+    assert equivariance_error(ScalarNoise, examples=6).verdict == "equivariant"

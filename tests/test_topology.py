@@ -358,3 +358,17 @@ def test_count_distinct_matches_set_of_rows(cloud):
     assert T.count_distinct(cloud) == len({tuple(r) for r in cloud})
     groups = T.merge_clusters(cloud)
     assert T.count_distinct(cloud) == len(cloud) - sum(len(g) - 1 for g in groups)
+
+
+def test_robust_beta0_does_not_depend_on_multiplicities():
+    """Merged neurons (T6) are one point of the support: k copies of a circle sample give the same β."""
+    import numpy as np
+
+    from topoverify import topology as T_
+
+    t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    base = np.stack([np.cos(t), np.sin(t)], axis=1)
+    answers = {k: T_.robust_betti(np.repeat(base, k, axis=0)) for k in (1, 2, 3, 4)}
+    assert set(answers.values()) == {answers[1]}, answers
+    jitter = np.repeat(base, 4, axis=0) + 1e-12 * np.random.default_rng(0).standard_normal((64, 2))
+    assert T_.robust_betti(jitter) == answers[1]

@@ -275,6 +275,13 @@ class SweepResult(ResultMixin):
         return self._first(lambda r: r.first_change_step is not None)
 
     @property
+    def onset_lr_before_divergence(self) -> float | None:
+        """The smallest rate whose topology changed at a recorded step at least one recording interval
+        before any divergence, so that the change is not merely the blow-up of a diverging run."""
+        return self._first(lambda r: r.first_change_step is not None and (
+            not r.diverged or r.diverged_at is None or r.first_change_step <= r.diverged_at - self.every))
+
+    @property
     def divergence_lr(self) -> float | None:
         return self._first(lambda r: r.diverged)
 
@@ -291,7 +298,7 @@ class SweepResult(ResultMixin):
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        for name in ("onset_lr", "onset_lr_transient", "divergence_lr", "phase2_lr"):
+        for name in ("onset_lr", "onset_lr_transient", "onset_lr_before_divergence", "divergence_lr", "phase2_lr"):
             d[name] = jsonable(getattr(self, name))
         return d
 
@@ -318,7 +325,8 @@ class SweepResult(ResultMixin):
     def summary(self) -> str:
         return (f"predicted eta* = {fmt(self.eta_star)} (certified {fmt(self.eta_star_certified)}) vs empirical "
                 f"onset of topology change at lr = {fmt(self.onset_lr)} (transient: "
-                f"{fmt(self.onset_lr_transient)}); first rate with lr*K >= 1 along the run: "
+                f"{fmt(self.onset_lr_transient)}; recorded before any divergence: "
+                f"{fmt(self.onset_lr_before_divergence)}); first rate with lr*K >= 1 along the run: "
                 f"{fmt(self.phase2_lr)}; divergence from lr = {fmt(self.divergence_lr)}"
                 + (f". No prediction: {self.prediction_reason}" if self.prediction_reason else ""))
 

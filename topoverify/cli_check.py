@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -24,6 +25,9 @@ def load_callable(spec: str) -> Callable:
         mod_name, _, attr = spec.rpartition(".")
     if not mod_name or not attr:
         raise TopoverifyError(f"expected MODULE:CALLABLE (e.g. torch.optim:Adam), got {spec!r}.")
+    cwd = os.getcwd()  # like pytest and uvicorn: MODULE may live in the current directory (a console script's
+    if cwd not in sys.path:  # sys.path[0] is its own bin directory, not the current one)
+        sys.path.insert(0, cwd)
     try:
         obj = importlib.import_module(mod_name)
     except ImportError as exc:
@@ -80,7 +84,8 @@ def _progress_bar():
     return progress, callback
 
 
-def run(args) -> int:
+def _parse(args):
+    """(make_optimizer, kwargs) from the command line; raises TopoverifyError on a usage error."""
     try:
         kwargs = json.loads(args.kwargs)
     except json.JSONDecodeError as exc:
@@ -89,7 +94,16 @@ def run(args) -> int:
         raise TopoverifyError("--kwargs must be a JSON object, e.g. '{\"lr\": 0.01}'.")
     if args.examples < 1 or args.steps < 1:
         raise TopoverifyError("--examples and --steps must be at least 1.")
-    make_optimizer = load_callable(args.optimizer)
+    return load_callable(args.optimizer), kwargs
+
+
+def run(args) -> int:
+    try:
+        make_optimizer, kwargs = _parse(args)
+    except TopoverifyError as exc:
+        if args.json:  # --json promises one JSON object on stdout, usage errors included
+            print(json.dumps({"verdict": "error", "message": str(exc), "optimizer": args.optimizer}))
+        raise
     from .equivariance import equivariance_error
 
     progress, callback = _progress_bar()

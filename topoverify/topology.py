@@ -318,6 +318,9 @@ def _h0_robust_components(points: np.ndarray, threshold: float, min_cluster_size
     return 1 + count
 
 
+DUPLICATE_RTOL = 1e-9  # neurons closer than this (relative to the cloud's radius) are one point of the support
+
+
 def _default_min_cluster_size(n: int) -> int:
     return max(3, int(math.ceil(0.02 * n)))
 
@@ -335,7 +338,8 @@ def robust_betti(
     * k >= 1: the number of H_k points with ``log(death / birth) > threshold`` (essential classes count).
       Default ``threshold = log 2`` (:data:`DEFAULT_LOG_THRESHOLD`: a Rips feature that lives longer than a
       factor 2 is certified to be a feature of the union of balls around the sample).
-    * k = 0: births are 0, so the rule is scale-relative: a merge of two single-linkage clusters at height
+    * k = 0: computed on the support (neurons within ``DUPLICATE_RTOL`` of the cloud's radius count once, so
+      multiplicities from merged neurons do not matter); births are 0, so the rule is scale-relative: a merge of two single-linkage clusters at height
       d counts iff both have at least ``min_cluster_size`` points (default ``max(3, ceil(0.02 N))``) and d
       exceeds ``exp(threshold)`` times every non-counted merge height below it (the sampling spacing; see
       :func:`_h0_robust_components`); the infinite bar counts as 1.
@@ -350,10 +354,15 @@ def robust_betti(
     pts = res.points
     if pts is None:
         raise TopoverifyError("this PersistenceResult carries no points (e.g. rebuilt from to_dict()); pass the cloud.")
-    m = _default_min_cluster_size(pts.shape[0]) if min_cluster_size is None else int(min_cluster_size)
+    # β0 is a property of the support: merged neurons (T6: exact or round-off-level duplicates) count once,
+    # so the answer cannot depend on how many copies of a point there are.
+    labels = _labels(pts, _tolerance(pts, DUPLICATE_RTOL, 0.0))
+    _, first = np.unique(labels, return_index=True)
+    support = pts[np.sort(first)]
+    m = _default_min_cluster_size(support.shape[0]) if min_cluster_size is None else int(min_cluster_size)
     if m < 1:
         raise TopoverifyError(f"min_cluster_size must be >= 1; got {min_cluster_size!r}.")
-    out = [_h0_robust_components(pts, threshold, m)]
+    out = [_h0_robust_components(support, threshold, m)]
     for k in range(1, maxdim + 1):
         d = res.diagrams[k]
         with np.errstate(divide="ignore"):

@@ -786,6 +786,81 @@ def run_example(make_optimizer: Callable, example: TrainingExample, setup: Optim
     return res
 
 
+DIST_SEEDS = 32  # torch seeds of the in-distribution test
+DIST_SIGMAS = 6.0  # allowed |mean paired difference|, in standard errors
+
+
+def _tensors(snap: Snapshot) -> dict[str, torch.Tensor]:
+    """The floating tensors of a snapshot (parameters and tensor-valued state), keyed as in mismatches."""
+    out = {f"param {n}": t for n, t in snap.params.items()}
+    for key, (_, v) in snap.state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            out[f"state {key}"] = v
+    return out
+
+
+def distribution_mismatch(make_optimizer: Callable, example: TrainingExample, setup: OptimizerSetup,
+                          perm: Sequence[int], upto: int, seeds: Sequence[int]) -> tuple[Mismatch | None, int]:
+    """Is a randomised rule permutation-equivariant *in distribution* on ``example``? Run the original and the
+    permuted example under each torch seed of ``seeds`` (the same list for both) for ``upto`` steps, and test,
+    after every step and for every parameter and tensor state entry, that the mean over seeds of the paired
+    difference P·original − permuted is zero: within ``DIST_SIGMAS`` standard errors (its per-coordinate
+    spread over the seeds / sqrt(len(seeds))) plus the usual tolerance. A rule equivariant in distribution has
+    E[P·original] = E[permuted], whatever the coupling of the two runs by the shared seed.
+
+    Returns (the worst mismatch, or ``None``, and the number of seeds whose runs completed)."""
+    initial, layer = build_model(example, setup.dtype)
+    perm_t = as_permutation(perm, layer.size)
+    batches = [make_batch(example.arch, example.batch, example.data_seed, t, setup.dtype) for t in range(upto)]
+    diffs: dict[tuple[int, str], list[torch.Tensor]] = {}
+    scales: dict[tuple[int, str], float] = {}
+    done = 0
+    for s in seeds:
+        orig: list[Snapshot] = []
+        model = copy.deepcopy(initial)
+        trajectory(make_optimizer, model, example, setup, batches, s,
+                   lambda t, opt: orig.append(permute_snapshot(snapshot(model, opt), layer, perm_t)))
+        model_b = permute(initial, layer, perm_t)
+        other: list[Snapshot] = []
+        trajectory(make_optimizer, model_b, example, setup, batches, s,
+                   lambda t, opt: other.append(snapshot(model_b, opt)))
+        pairs = []
+        for t, (a, b) in enumerate(zip(orig, other), 1):
+            ta, tb = _tensors(a), _tensors(b)
+            for k in ta.keys() & tb.keys():
+                if ta[k].shape == tb[k].shape:
+                    pairs.append(((t, k), ta[k].detach().to(torch.float64), tb[k].detach().to(torch.float64)))
+        if not all(bool(torch.isfinite(x).all() and torch.isfinite(y).all()) for _, x, y in pairs):
+            continue
+        done += 1
+        for key, x, y in pairs:
+            diffs.setdefault(key, []).append(x - y)
+            scales[key] = max(scales.get(key, 0.0), float(x.abs().max()) if x.numel() else 0.0)
+    worst: Mismatch | None = None
+    worst_ratio = 1.0
+    if done < 2:
+        return None, done
+    for (t, key), ds in sorted(diffs.items()):
+        if len(ds) < done:
+            continue
+        d = torch.stack(ds)
+        mean, se = d.mean(0).abs(), d.std(0) / math.sqrt(len(ds))
+        scale = scales[(t, key)]
+        allowed = DIST_SIGMAS * se + max(setup.rtol * scale, ULPS * torch.finfo(setup.dtype).eps * scale)
+        over = mean / allowed.clamp_min(1e-300)
+        ratio = float(over.max()) if over.numel() else 0.0
+        if ratio > worst_ratio:
+            i = int(over.argmax())
+            worst_ratio = ratio
+            obs, alw = float(mean.flatten()[i]), float(allowed.flatten()[i])
+            worst = Mismatch(t, key, "param" if key.startswith("param") else "state",
+                             obs / scale if scale else math.inf, alw / scale if scale else 0.0, obs, alw,
+                             detail=f"mean over {len(ds)} seeds of the paired difference P·original − permuted "
+                                    f"is {ratio:.3g}x its allowance ({DIST_SIGMAS:g} standard errors + the "
+                                    f"tolerance)")
+    return worst, done
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Setup resolution (closure, create_graph, 2-D only), compute precision, randomness
 # ----------------------------------------------------------------------------------------------------------
@@ -924,4 +999,5 @@ def identical_neurons_gap(model: nn.Module, layer: NeuronLayer, opt, i: int = 0,
 
 __all__ = ["OptimizerSetup", "OptimizerFailure", "ExampleResult", "run_example", "fixed_permutations",
            "resolve_setup", "compute_precision", "uses_randomness", "identical_neurons_gap", "default_rtol",
-           "optimizer_name", "RTOL", "snapshot", "take_step", "build_model", "build_optimizer", "seeded"]
+           "optimizer_name", "RTOL", "snapshot", "take_step", "build_model", "build_optimizer", "seeded",
+           "distribution_mismatch", "DIST_SEEDS"]

@@ -3,6 +3,7 @@ verdict (:class:`~topoverify.equivariance.report.EquivarianceReport`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random as _random
@@ -17,9 +18,9 @@ from hypothesis.errors import NoSuchExample
 from ..errors import TopoverifyError
 from ..strategies.models import ArchSpec, TrainingExample, make_batch, training_examples
 from .report import Counterexample, EquivarianceReport, SymmetryReport
-from .runner import (COMPARABLE, ExampleResult, OptimizerFailure, build_model, identical_neurons_gap,
-                     optimizer_name, resolve_setup, run_example, single_thread, trajectory,
-                     uses_randomness)
+from .runner import (COMPARABLE, DIST_SEEDS, DIST_SIGMAS, ExampleResult, OptimizerFailure, UnmappableState,
+                     build_model, distribution_mismatch, identical_neurons_gap, optimizer_name, resolve_setup,
+                     run_example, single_thread, trajectory, uses_randomness)
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -168,10 +169,34 @@ def equivariance_error(make_optimizer: Callable[..., torch.optim.Optimizer], *,
     if smallest is not None:
         cex = _counterexample(cache[smallest], dt)
         if randomness:
-            msg = ("the rule draws its own randomness: with the seed shared between the original and the "
-                   "permuted run it is not equivariant per realisation (see the counterexample), so it is "
-                   "equivariant at most in distribution; the topology theorem's per-step argument (and T6) "
-                   "does not apply to it as is.")
+            res = cache[smallest]
+            dist_seeds = [seed + 104729 * (i + 1) for i in range(DIST_SEEDS)]
+            try:
+                dist, n_ok = distribution_mismatch(make_optimizer, smallest, setup, res.perm, steps, dist_seeds)
+            except (OptimizerFailure, UnmappableState, RuntimeError) as exc:
+                dist, n_ok = None, 0
+                notes.append(f"the in-distribution test could not run ({exc}).")
+            if dist is not None:
+                cex = dataclasses.replace(cex, step=dist.step, key=dist.key, kind=dist.kind, neurons=(),
+                                          original_neurons=(), observed=dist.observed, allowed=dist.allowed,
+                                          observed_abs=dist.observed_abs, allowed_abs=dist.allowed_abs,
+                                          detail=dist.detail)
+                msg = (f"not permutation-equivariant, not even in distribution: the rule draws its own randomness, "
+                       f"but over {n_ok} torch seeds (shared by the original and the permuted run) the mean of "
+                       f"{cex.key} after {cex.step} step(s) on {cex.architecture}, permuting layer {cex.layer!r} by "
+                       f"{list(cex.permutation)}, differs from the permuted original's mean by {cex.observed:.3g} "
+                       f"(relative) where {cex.allowed:.3g} is allowed.")
+                return EquivarianceReport(verdict="not_equivariant", message=msg, counterexample=cex,
+                                          notes=tuple(notes), elapsed_s=elapsed(), **base)
+            if n_ok >= 2:
+                notes.append(f"in-distribution test: over {n_ok} torch seeds the per-coordinate means of the "
+                             f"permuted and the permuted original run agree over all {steps} steps (within "
+                             f"{DIST_SIGMAS:g} standard errors plus the tolerance; a bias smaller than "
+                             f"that, relative to the rule's noise, would go unseen).")
+            msg = ("the rule draws its own per-coordinate randomness: with the seed shared between the original "
+                   "and the permuted run it is not equivariant per realisation (see the counterexample), but the "
+                   "means over many seeds agree, so it is equivariant at most in distribution; the topology "
+                   "theorem's per-step argument (and T6) does not apply to it as is.")
             return EquivarianceReport(verdict="stochastic", message=msg, counterexample=cex, notes=tuple(notes),
                                       elapsed_s=elapsed(), **base)
         msg = (f"not permutation-equivariant: after {cex.step} step(s) on {cex.architecture}, permuting layer "
@@ -211,7 +236,9 @@ def equivariance_error(make_optimizer: Callable[..., torch.optim.Optimizer], *,
     runs = f"{steps} steps" if not numerical else f"up to {steps} steps, shorter where round-off amplification cut it"
     msg = (f"permutation-equivariant on all {completed - stats['uncompared']} compared examples "
            f"({stats['perms']} permuted runs of {runs}): parameters and optimizer state of every permuted run matched the permuted original "
-           f"within rtol {setup.rtol:g} (largest relative deviation {stats['max_rel']:.3g}).")
+           f"within rtol {setup.rtol:g} (largest relative deviation {stats['max_rel']:.3g}). Limits of the "
+           f"search: {steps} steps, {_dname(dt)} parameters, MLPs of 1-{max_depth} hidden layers of width 2-{max_width}"
+           f"{f', plus conv nets of 2-{min(6, max_width)} channels' if conv else ', no conv nets'}.")
     return EquivarianceReport(verdict="equivariant", message=msg, notes=tuple(notes), elapsed_s=elapsed(), **base)
 
 
