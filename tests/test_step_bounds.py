@@ -95,7 +95,8 @@ def test_T3_predicted_eta_star_matches_sweep_onset():
     """Predicted: the step is injective for η < η* (certified ≤ estimated), and the pair aligned with the
     Jacobian's top positive eigenvector folds at η = 1/λ_+. Observed: an η sweep of real SGD steps."""
     s, model, lam_plus = _fold_setup()
-    pred = predict_step(model, torch.optim.SGD(model.parameters(), lr=1.0), s.loss_fn, s.batch, hessian=False)
+    pred = predict_step(model, torch.optim.SGD(model.parameters(), lr=1.0), s.loss_fn, s.batch, hessian=False,
+                        fold=True)
     lp = pred.layers[0]
     assert lp.eta_star_certified <= lp.eta_star <= 1 / lam_plus * (1 + 1e-6)
     layer = detect_layers(model)[0]
@@ -112,6 +113,8 @@ def test_T3_predicted_eta_star_matches_sweep_onset():
     assert min_ratio[onset] < 0.05  # a genuine near-fold...
     assert onset == pytest.approx(1 / lam_plus, rel=0.03)  # ...exactly where predicted
     assert onset >= lp.eta_star * (1 - 1e-6)  # and never below the predicted critical rate
+    # the gradient-step refinement: only the top *positive* eigenvalue folds, so η* ≤ η_fold ≤ the onset
+    assert lp.eta_star * (1 - 1e-6) <= lp.eta_fold <= onset * (1 + 1e-6)
 
 
 def test_T4_multistep_product_bound_holds():

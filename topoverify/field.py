@@ -102,25 +102,39 @@ class BlockSamples:
         to each neuron's k nearest neighbours (:func:`segment_points`), formed after the compression below
         (it is linear, so midpoints commute with it).
         """
+        return self._sampled(Z, decay, iters, tol, generator, screen_iters, refine_top, neighbors, None)
+
+    def top_eigenvalue_lower(self, Z: torch.Tensor, shift: float, decay: torch.Tensor | None = None,
+                             iters: int = 50, tol: float = 1e-4, generator: torch.Generator | None = None,
+                             screen_iters: int = 4, refine_top: int = 64, neighbors: int = 0) -> torch.Tensor:
+        """Per point, a lower bound on the largest (signed) eigenvalue μ(z) of ∇²Φ(z) + diag(decay).
+
+        Power iteration on J + shift·I (positive semidefinite when shift ≥ ‖J‖, e.g. the certified K_upper);
+        each returned value is a Rayleigh quotient vᵀJv ≤ μ(z). Same sampling as :meth:`hessian_norm_lower`.
+        For a gradient step z ↦ z − η(g(z) + Λz) only μ folds the cloud (T3, refinement in proofs_notes).
+        """
+        return self._sampled(Z, decay, iters, tol, generator, screen_iters, refine_top, neighbors, float(shift))
+
+    def _sampled(self, Z, decay, iters, tol, generator, screen_iters, refine_top, neighbors, shift):
         nn_idx = nearest_neighbors(Z, neighbors) if neighbors else None
-        base, null_floor = self, 0.0
+        base, floor = self, None
         uniform = decay is None or bool((decay == decay[0]).all())
         if uniform and self.rank_reducible:
             # All eigenvectors of ∇²Φ with nonzero eigenvalue lie in rowspace(H) ⊕ rowspace(D); in
             # orthonormal bases of those, ∇²Φ has the same form with H̃ = H Q_H, D̃ = D Q_D (exact, cheaper).
             base, Z = self.compressed(), self.compress_points(Z)
             lam = 0.0 if decay is None else float(decay[0])
-            null_floor = abs(lam)  # the eigenvalue λ on the complement, which the compressed form omits
+            floor = abs(lam) if shift is None else lam  # the eigenvalue λ on the omitted complement
             decay = None if decay is None else decay[0].expand(Z.shape[1])
         if nn_idx is not None:
             Z = midpoints_with(Z, nn_idx)
         V = torch.randn(Z.shape, generator=generator, dtype=Z.dtype).to(Z.device)
-        est, V = base._power(Z, V / V.norm(dim=1, keepdim=True), decay, screen_iters, tol)
+        est, V = base._power(Z, V / V.norm(dim=1, keepdim=True), decay, screen_iters, tol, shift=shift)
         if Z.shape[0] and iters > screen_iters:
             top = est.topk(min(refine_top, Z.shape[0])).indices
-            refined, _ = base._power(Z[top], V[top], decay, iters - screen_iters, tol, est[top])
+            refined, _ = base._power(Z[top], V[top], decay, iters - screen_iters, tol, est[top], shift=shift)
             est[top] = refined
-        return est.clamp_min(null_floor) if null_floor else est
+        return est if floor is None else est.clamp_min(floor)
 
     @property
     def rank_reducible(self) -> bool:
@@ -143,10 +157,13 @@ class BlockSamples:
         W, A = self._split(Z)
         return torch.cat([W @ qh, A @ qd], dim=1)
 
-    def _power(self, Z, V, decay, iters, tol, start=None):
-        """Power iteration at each point of ``Z`` from unit vectors ``V``; returns (estimates, vectors)."""
+    def _power(self, Z, V, decay, iters, tol, start=None, shift=None):
+        """Power iteration at each point of ``Z`` from unit vectors ``V``; returns (estimates, vectors).
+
+        Estimates are ‖Jv‖ (``shift`` None) or Rayleigh quotients vᵀJv of J iterated as J + shift·I."""
         ests, vecs = [], []
-        starts = start if start is not None else torch.zeros(Z.shape[0], dtype=Z.dtype, device=Z.device)
+        fill = 0.0 if shift is None else -math.inf
+        starts = start if start is not None else torch.full((Z.shape[0],), fill, dtype=Z.dtype, device=Z.device)
         for k0, Zc in self._chunks_with_offset(Z):
             Vc = V[k0: k0 + Zc.shape[0]]
             est = starts[k0: k0 + Zc.shape[0]].clone()
@@ -160,9 +177,12 @@ class BlockSamples:
                 HV = torch.cat([M.T @ self.H, (s1 * U).T @ self.D], dim=1)
                 if decay is not None:
                     HV = HV + Vc * decay
+                if shift is not None:
+                    HV = HV + shift * Vc
                 norms = HV.norm(dim=1)
-                converged = bool(((norms - est).abs() <= tol * norms.clamp_min(1e-300)).all())
-                est = torch.maximum(est, norms)
+                value = norms if shift is None else (Vc * HV).sum(dim=1) - shift
+                converged = bool(((value - est).abs() <= tol * value.abs().clamp_min(1e-300)).all())
+                est = torch.maximum(est, value)
                 Vc = HV / norms.clamp_min(1e-300)[:, None]
                 if converged:
                     break

@@ -58,6 +58,10 @@ class LayerPrediction(ResultMixin):
     the phase uses); ``K_upper`` is certified over the convex hull of the cloud (inf for ReLU-like
     activations). ``K_eff``/``K_eff_upper`` include weight decay and momentum; the bounds are
     1 ∓ lr·K_eff. ``lambda_layer`` is the top |eigenvalue| of the loss Hessian restricted to this layer.
+    ``K_fold`` (plain gradient steps only: no momentum buffer, no ``maximize``) estimates the sup of the
+    largest *signed* eigenvalue of the update's Jacobian: the step z ↦ z − lr(g(z) + Λz) is the gradient of
+    ½|z|² − lr(Φ(z) + ½zᵀΛz), strongly convex while lr·K_fold < 1, so it stays injective with lower ratio
+    bound 1 − lr·K_fold up to ``eta_fold`` = 1/K_fold ≥ eta_star (T3 refinement; an estimate like K).
     """
 
     layer: str
@@ -82,6 +86,8 @@ class LayerPrediction(ResultMixin):
     phase: str = UNAVAILABLE
     certified_preserving: bool = False
     lambda_layer: float | None = None
+    K_fold: float | None = None
+    eta_fold: float | None = None
     n_points: int = 0
     argmax_neuron: int | None = None
     merged_pairs: int = 0
@@ -91,7 +97,8 @@ class LayerPrediction(ResultMixin):
             return f"layer {self.layer}: no prediction ({self.reason})"
         return (f"layer {self.layer} ({self.n_neurons} neurons, d={self.dim}, {self.activation}): "
                 f"K={fmt(self.K)} (certified <= {fmt(self.K_upper)}), lr={fmt(self.lr)}, "
-                f"lr*K_eff={fmt(self.lr * self.K_eff)}, eta*={fmt(self.eta_star)}, phase={self.phase}"
+                f"lr*K_eff={fmt(self.lr * self.K_eff)}, eta*={fmt(self.eta_star)}"
+                f"{'' if self.eta_fold is None else f' (gradient-step fold from {fmt(self.eta_fold)})'}, phase={self.phase}"
                 f"{' (certified)' if self.certified_preserving else ''}; "
                 f"ratio bounds [{fmt(self.lower)}, {fmt(self.upper)}]")
 
@@ -216,12 +223,13 @@ def buffer_ratio(cloud: torch.Tensor, buffers: torch.Tensor) -> float:
 def predict_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch, *,
                  layers: Sequence[NeuronLayer] | NeuronLayer | None = None, neighbors: int = 2,
                  power_iters: int = 50, tol: float = 1e-4, hessian: bool = True, check_layout: bool = True,
-                 seed: int = 0, step: int | None = None) -> StepPrediction:
+                 seed: int = 0, step: int | None = None, fold: bool = False) -> StepPrediction:
     """Predict K, η* = 1/K, the T2 ratio bounds and the phase of the next step for each neuron layer.
 
     ``loss_fn(model, batch)`` returns a scalar tensor. ``layers`` defaults to automatic detection.
     ``neighbors`` sets how many nearest-neighbour segments per neuron are sampled for the K estimate;
-    ``hessian=False`` skips λ_max and K_layer. Neither the model nor the optimizer is modified.
+    ``hessian=False`` skips λ_max and K_layer; ``fold=True`` adds K_fold/eta_fold for plain gradient steps
+    (one more power iteration). Neither the model nor the optimizer is modified.
     """
     layers = resolve_layers(model, layers)
     if check_layout:
@@ -230,7 +238,7 @@ def predict_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
     predictions, loss = [], math.nan
     for layer in layers:
         lp, loss_l = _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, power_iters, tol, gen,
-                                    hessian, seed, step)
+                                    hessian, seed, step, fold)
         loss = loss_l if not math.isnan(loss_l) else loss
         predictions.append(lp)
     lam = None
@@ -244,7 +252,8 @@ def predict_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
     return StepPrediction(type(optimizer).__name__, loss, tuple(predictions), lam, step, tuple(notes))
 
 
-def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, tol, gen, hessian, seed, step):
+def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, tol, gen, hessian, seed, step,
+                   fold):
     cloud = neuron_cloud(model, layer)
     base = dict(layer=layer.name, n_neurons=layer.size, dim=cloud.shape[1], activation=layer.activation)
     if not torch.isfinite(cloud).all():
@@ -263,6 +272,13 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
     K = float(norms.max()) if norms.numel() else 0.0
     argmax = int(norms.argmax()) % layer.size if norms.numel() else None
     K_up = samples.hessian_norm_upper(cloud, decay_max=max(rule.weight_decay, default=0.0))
+    K_fold = eta_fold = None
+    if fold and rule.coef_buffer == 0 and not rule.maximize:
+        shift = K_up if math.isfinite(K_up) else 2 * K
+        mu = samples.top_eigenvalue_lower(cloud, shift, decay=decay, iters=iters, tol=tol, generator=gen,
+                                          neighbors=neighbors)
+        K_fold = rule.coef_grad * float(mu.max()) if mu.numel() else 0.0
+        eta_fold = 1.0 / K_fold if K_fold > 0 else math.inf
     rho = buffer_ratio(cloud, buffers) if buffers is not None else 0.0
     K_eff = rule.coef_grad * K + rule.coef_buffer * rho
     K_eff_up = rule.coef_grad * K_up + rule.coef_buffer * rho
@@ -279,7 +295,7 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
         eta_star=float(eta_star_numeric(K_eff)), eta_star_certified=float(eta_star_numeric(K_eff_up)),
         lower=lo, upper=up, lower_certified=lo_c, upper_certified=up_c,
         phase=PRESERVING if rule.lr * K_eff < 1 else BREAKDOWN_POSSIBLE,
-        certified_preserving=rule.lr * K_eff_up < 1, lambda_layer=lam_layer, n_points=int(norms.shape[0]),
+        certified_preserving=rule.lr * K_eff_up < 1, lambda_layer=lam_layer, K_fold=K_fold, eta_fold=eta_fold, n_points=int(norms.shape[0]),
         argmax_neuron=argmax, merged_pairs=merged), loss
 
 

@@ -21,15 +21,15 @@ def prediction_table(pred) -> str:
     t = Table(title=f"Step prediction ({pred.optimizer}{'' if pred.step is None else f', step {pred.step}'}, "
                     f"loss {fmt(pred.loss)}, lambda_max {fmt(pred.lambda_max)})")
     for col in ("layer", "N", "d", "act", "lr", "K (est)", "K (cert.)", "K_layer", "lr*K_eff", "eta*",
-                "bounds", "phase"):
+                "eta_fold", "bounds", "phase"):
         t.add_column(col)
     for lp in pred.layers:
         if not lp.available:
-            t.add_row(lp.layer, str(lp.n_neurons), str(lp.dim), str(lp.activation), "", "", "", "", "", "", "",
+            t.add_row(lp.layer, str(lp.n_neurons), str(lp.dim), str(lp.activation), "", "", "", "", "", "", "", "",
                       "unavailable")
             continue
         t.add_row(lp.layer, str(lp.n_neurons), str(lp.dim), str(lp.activation), fmt(lp.lr), fmt(lp.K),
-                  fmt(lp.K_upper), fmt(lp.lambda_layer), fmt(lp.lr * lp.K_eff), fmt(lp.eta_star),
+                  fmt(lp.K_upper), fmt(lp.lambda_layer), fmt(lp.lr * lp.K_eff), fmt(lp.eta_star), fmt(lp.eta_fold),
                   f"[{fmt(lp.lower)}, {fmt(lp.upper)}]", lp.phase + (" (cert.)" if lp.certified_preserving else ""))
     lines = [render(t)]
     lines += [f"  {lp.layer}: {lp.reason}" for lp in pred.layers if not lp.available]
