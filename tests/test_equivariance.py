@@ -4,14 +4,28 @@ import json
 
 import pytest
 import torch
+from broken_optimizers import (
+    ChaoticSin,
+    NoisyMomentum,
+    NoisySGD,
+    PerIndexLBFGS,
+    PerIndexLR,
+    ScalarNoise,
+    ScalarNoisePlusBug,
+    TinyRelative,
+)
 
-from topoverify.equivariance import (Counterexample, EquivarianceReport, assert_equivariant,
-                                     check_identical_neurons, equivariance_error, fixed_permutations, run_example)
+from topoverify.equivariance import (
+    Counterexample,
+    EquivarianceReport,
+    assert_equivariant,
+    check_identical_neurons,
+    equivariance_error,
+    fixed_permutations,
+    run_example,
+)
 from topoverify.equivariance.runner import OptimizerSetup
 from topoverify.strategies.models import ArchSpec, TrainingExample
-
-from broken_optimizers import (ChaoticSin, NoisyMomentum, NoisySGD, PerIndexLBFGS, PerIndexLR, ScalarNoise,
-                               ScalarNoisePlusBug, TinyRelative)
 
 FAST = dict(examples=4, conv=False, shrink_time=2.0)
 

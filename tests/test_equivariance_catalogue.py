@@ -1,10 +1,9 @@
 """Every deliberately broken optimizer of tests/broken_optimizers.py is caught, with a shrunk counterexample."""
 
 import pytest
+from broken_optimizers import CATALOGUE
 
 from topoverify.equivariance import equivariance_error
-
-from broken_optimizers import CATALOGUE
 
 OPTIONS = dict(examples=12, shrink_time=4.0)
 

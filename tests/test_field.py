@@ -13,14 +13,15 @@ from topoverify.activations import get_activation
 from topoverify.field import block_samples, segment_points
 from topoverify.layouts import detect_layers, neuron_cloud
 from topoverify.permute import permute, transposition
-from topoverify.strategies.models import SMOOTH_ACTIVATIONS, architectures, make_batch, mlp_specs
+from topoverify.scenarios import mse_loss as mse
+from topoverify.strategies.models import (
+    SMOOTH_ACTIVATIONS,
+    architectures,
+    make_batch,
+    mlp_specs,
+)
 
 SMOOTH_ARCHS = mlp_specs(max_depth=2, max_width=8, activation_names=SMOOTH_ACTIVATIONS, max_in=3, max_out=2)
-
-
-def mse(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
 
 
 def autograd_neuron_gradients(model, layer, batch):

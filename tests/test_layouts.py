@@ -9,12 +9,8 @@ from torch import nn
 from topoverify.errors import LayoutError
 from topoverify.layouts import detect_layers, explicit_layer, neuron_cloud
 from topoverify.permute import inverse_permutation, permute, permute_tensor, preflight
+from topoverify.scenarios import mse_loss as mse
 from topoverify.strategies.models import architectures, make_batch
-
-
-def mse(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
 
 
 def test_detects_mlp_layers_with_and_without_bias():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from topoverify import scenarios as S
 from topoverify import topology as T
 from topoverify.errors import TopoverifyError
 from topoverify.layouts import detect_layers, neuron_cloud
-from topoverify import scenarios as S
 
 FAST = ["circle", "two_circles", "figure_eight", "sphere", "torus"]
 

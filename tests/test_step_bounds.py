@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from topoverify import predict_step, verify_step
-from topoverify.errors import LayoutError, NonFiniteError, TopoverifyError, UnsupportedError
+from topoverify.errors import (
+    LayoutError,
+    NonFiniteError,
+    TopoverifyError,
+    UnsupportedError,
+)
 from topoverify.field import block_samples
 from topoverify.layouts import detect_layers, explicit_layer, neuron_cloud
 from topoverify.pairs import ratio_stats

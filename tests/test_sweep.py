@@ -16,9 +16,15 @@ import pytest
 import torch
 
 from topoverify import topology as T
+from topoverify.breakdown import (
+    SweepResult,
+    adam_factory,
+    sgd_factory,
+    sweep,
+    topology_snapshot,
+)
 from topoverify.errors import TopoverifyError
 from topoverify.scenarios import circle_scenario, figure_eight_scenario
-from topoverify.breakdown import SweepResult, adam_factory, sgd_factory, sweep, topology_snapshot
 
 
 def test_below_eta_star_keeps_beta1():

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from topoverify import topology as T
 from topoverify.layouts import detect_layers, neuron_cloud
 from topoverify.predict import predict_step
-from topoverify.scenarios import circle_scenario
+from topoverify.scenarios import circle_scenario, mse_loss
 from topoverify.strategies.models import SMOOTH_ACTIVATIONS, make_batch, mlp_specs
 from topoverify.verify import take_step
 
@@ -55,14 +55,14 @@ def test_T5_real_step_below_eta_star_keeps_diagrams_within_epsilon(arch, layer_p
     layer = detect_layers(model)[layer_pick % len(arch.widths)]
     data = make_batch(arch, batch, data_seed, 0)
     probe = torch.optim.SGD(model.parameters(), lr=1.0)  # K does not depend on lr; η* = 1/K
-    pred = predict_step(model, probe, _mse, data, layers=layer, hessian=False, check_layout=False).layers[0]
+    pred = predict_step(model, probe, mse_loss, data, layers=layer, hessian=False, check_layout=False).layers[0]
     assert pred.available
     lr = frac * pred.eta_star  # below the predicted η*
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     eps = -math.log1p(-lr * pred.K)
     eps_cert = -math.log1p(-lr * pred.K_upper) if lr * pred.K_upper < 1 else math.inf
     before = neuron_cloud(model, layer).detach()
-    stepped, _, _ = take_step(model, opt, _mse, data)
+    stepped, _, _ = take_step(model, opt, mse_loss, data)
     after = neuron_cloud(stepped, layer).detach()
     db, da = _diagrams(before), _diagrams(after)
     dist = _check_T5(db, da, eps)
@@ -77,20 +77,19 @@ def test_T5_real_step_below_eta_star_keeps_diagrams_within_epsilon(arch, layer_p
         assert T.robust_betti(after, maxdim=1)[1] == T.robust_betti(before, maxdim=1)[1]
 
 
-def _mse(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
-
-
-def test_T5_real_step_on_the_circle_scenario_keeps_beta1():
+def _circle_step_at(fraction):
+    """The circle scenario's prediction, and its cloud before and after one real GD step at fraction·η*."""
     s = circle_scenario()
     model = s.model()
     layer = detect_layers(model)[0]
     pred = predict_step(model, s.sgd(model, 1.0), s.loss_fn, s.batch, layers=layer, hessian=False).layers[0]
-    lr = 0.8 * pred.eta_star
-    before = neuron_cloud(model, layer).detach()
+    lr = fraction * pred.eta_star
     stepped, _, _ = take_step(model, s.sgd(model, lr), s.loss_fn, s.batch)
-    after = neuron_cloud(stepped, layer).detach()
+    return pred, lr, neuron_cloud(model, layer).detach(), neuron_cloud(stepped, layer).detach()
+
+
+def test_T5_real_step_on_the_circle_scenario_keeps_beta1():
+    pred, lr, before, after = _circle_step_at(0.8)
     eps = -math.log1p(-lr * pred.K)
     dist = _check_T5(_diagrams(before), _diagrams(after), eps)
     assert 0 < dist <= eps + LOG_TOL
@@ -99,14 +98,7 @@ def test_T5_real_step_on_the_circle_scenario_keeps_beta1():
 
 def test_T5_check_catches_a_wrong_K():
     """The check can fail: a step with visible movement, held against ε from K/20, is caught."""
-    s = circle_scenario()
-    model = s.model()
-    layer = detect_layers(model)[0]
-    pred = predict_step(model, s.sgd(model, 1.0), s.loss_fn, s.batch, layers=layer, hessian=False).layers[0]
-    lr = 0.8 * pred.eta_star
-    before = neuron_cloud(model, layer).detach()
-    stepped, _, _ = take_step(model, s.sgd(model, lr), s.loss_fn, s.batch)
-    after = neuron_cloud(stepped, layer).detach()
+    pred, lr, before, after = _circle_step_at(0.8)
     dist = max(T.log_bottleneck(a, b) for a, b in zip(_diagrams(before), _diagrams(after)))
     eps_right = -math.log1p(-lr * pred.K)
     eps_wrong = -math.log1p(-lr * pred.K / 20)
