@@ -169,32 +169,33 @@ default_scenario = circle_scenario
 # two circles, figure-eight: shapes in the (w, b) plane, a fixed (d_in = 1, d = 3)
 # ----------------------------------------------------------------------------------------------------------
 
+def _planar_scenario(name: str, pts, a: float, n_data: int, dtype: torch.dtype, shape: str,
+                     expected_betti: tuple[int, ...]) -> Scenario:
+    """A 2-layer tanh MLP whose (w_i, b_i) are the planar points ``pts`` and a_i = a; sin(2x) data, MSE."""
+    cloud = _shift_a(pts, a)
+    return Scenario(
+        name=name,
+        make_model=lambda: two_layer_mlp(cloud, 1, 1, "tanh", True, dtype),
+        batch=_sin_data(n_data, dtype), loss_fn=mse_loss,
+        description=f"2-layer tanh MLP, {len(pts)} neurons with (w, b) on {shape}, a = {a}; sin(2x) on "
+                    f"{n_data} points; MSE.",
+        expected_betti=expected_betti)
+
+
 def two_circles_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_data: int = 200,
                          seed: int = 0, dtype: torch.dtype = torch.float64) -> Scenario:
     """Two disjoint circles of ``radius`` in the (w, b) plane (centres 3 radii apart), a_i = a; sin(2x) data."""
     pts = _clouds.two_circles(n, radius=radius, ambient_dim=2, seed=seed, separation=3.0, rotate=False)
-    cloud = _shift_a(pts, a)
-    return Scenario(
-        name="two_circles",
-        make_model=lambda: two_layer_mlp(cloud, 1, 1, "tanh", True, dtype),
-        batch=_sin_data(n_data, dtype), loss_fn=mse_loss,
-        description=f"2-layer tanh MLP, {n} neurons with (w, b) on two disjoint circles of radius {radius}, "
-                    f"a = {a}; sin(2x) on {n_data} points; MSE.",
-        expected_betti=(2, 2))
+    return _planar_scenario("two_circles", pts, a, n_data, dtype, f"two disjoint circles of radius {radius}",
+                            (2, 2))
 
 
 def figure_eight_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_data: int = 200,
                           seed: int = 0, dtype: torch.dtype = torch.float64) -> Scenario:
     """A figure-eight (wedge of two circles of ``radius``) in the (w, b) plane, a_i = a; sin(2x) data."""
     pts = _clouds.figure_eight(n, radius=radius, ambient_dim=2, seed=seed, rotate=False)
-    cloud = _shift_a(pts, a)
-    return Scenario(
-        name="figure_eight",
-        make_model=lambda: two_layer_mlp(cloud, 1, 1, "tanh", True, dtype),
-        batch=_sin_data(n_data, dtype), loss_fn=mse_loss,
-        description=f"2-layer tanh MLP, {n} neurons with (w, b) on a figure-eight of two circles of radius "
-                    f"{radius}, a = {a}; sin(2x) on {n_data} points; MSE.",
-        expected_betti=(1, 2))
+    return _planar_scenario("figure_eight", pts, a, n_data, dtype,
+                            f"a figure-eight of two circles of radius {radius}", (1, 2))
 
 
 # ----------------------------------------------------------------------------------------------------------
