@@ -372,3 +372,16 @@ def test_robust_beta0_does_not_depend_on_multiplicities():
     assert set(answers.values()) == {answers[1]}, answers
     jitter = np.repeat(base, 4, axis=0) + 1e-12 * np.random.default_rng(0).standard_normal((64, 2))
     assert T_.robust_betti(jitter) == answers[1]
+
+
+def test_robust_betti_ignores_the_gaps_of_a_sparse_sphere_sample():
+    """Uniform samples of S² leave holes between neighbouring points whose Rips H1 classes exceed log 2 in
+    log-persistence; they die within 3× the sampling spacing, so spacing_factor=3 does not count them."""
+    from topoverify import clouds as C
+    from topoverify import topology as T_
+
+    plain = [T_.robust_betti(C.sphere(300, seed=seed), maxdim=2) for seed in range(4)]
+    spaced = [T_.robust_betti(C.sphere(300, seed=seed), maxdim=2, spacing_factor=3) for seed in range(4)]
+    assert any(b[1] > 0 for b in plain)  # the log-2 rule alone is fooled by the sampling holes
+    assert spaced == [(1, 0, 1)] * 4
+    assert T_.robust_betti(C.circle(100, seed=0), spacing_factor=3) == (1, 1)
