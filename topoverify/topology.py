@@ -340,7 +340,7 @@ def robust_betti(
     * k >= 1: the number of H_k points with ``log(death / birth) > threshold`` (essential classes count).
       Default ``threshold = log 2`` (:data:`DEFAULT_LOG_THRESHOLD`: a Rips feature that lives longer than a
       factor 2 is certified to be a feature of the union of balls around the sample). The union of balls
-      has holes of its own between neighbouring samples of a *surface*: on 300 uniform points of S² they
+      has holes of its own between neighbouring samples of a *surface*: on 200–300 uniform points of S² they
       reach log-persistence 0.9 > log 2. With ``spacing_factor`` (e.g. 3) a feature must also die beyond
       that multiple of the sampling spacing (the H0 floor below): those holes die by 2.1× the spacing, while
       the features of dense samples of circles, spheres, tori, two circles and figure-eights die beyond
