@@ -220,21 +220,12 @@ class PerIndexLBFGS(torch.optim.LBFGS):
         return super().step(scaled)
 
 
-class ChaoticSin(Optimizer):
+class ChaoticSin(_SGDBase):
     """Equivariant (elementwise) but amplifies round-off at once: p -= lr sin(1e18 g). A few ulps of g move the
     update by O(lr), so nothing can be compared at any step (verdict: inconclusive, never equivariant)."""
 
     def __init__(self, params, lr=0.01):
-        super().__init__(params, dict(lr=lr))
+        super().__init__(params, lr=lr)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(torch.sin(p.grad * 1e18), alpha=-group["lr"])
-        return loss
+    def update(self, p, g, state, group_index):
+        return torch.sin(g * 1e18)
