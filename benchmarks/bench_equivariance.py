@@ -42,11 +42,12 @@ def main() -> None:
              f" topoverify {topoverify.__version__}",
              f"- load average at start: {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "", ""]
     t, rep = timed(lambda: equivariance_error(torch.optim.Adam))
+    cov = rep.coverage
     lines += ["## Default options on torch.optim.Adam", "",
               f"verdict `{rep.verdict}` in **{t:.2f} s** (median of 3; target < 5 s): {rep.examples_run} examples, "
               f"{rep.permutations_checked} permuted runs of {rep.steps} steps; "
-              f"**{t / rep.examples_run * 1000:.0f} ms per example**; largest passing relative error "
-              f"{rep.max_relative_error:.2g} (rtol {rep.rtol:g}).", ""]
+              f"**{t / rep.examples_run * 1000:.0f} ms per example**; largest passing relative error in "
+              f"{rep.dtype} {rep.max_relative_error:.2g} (rtol {rep.rtol:g}). Coverage: {cov}.", ""]
     setup = OptimizerSetup()
     lines += ["## One example vs width (MLP 2-[w tanh]-1, 8 steps, all fixed permutations: w+1 runs)", "",
               "| width | permuted runs | time (s) | ms per permuted run-step |", "|---|---|---|---|"]

@@ -3,8 +3,9 @@
     python examples/breakdown_sweep.py [OUT_DIR] [--quick]
 
 Writes OUT_DIR/breakdown_sweep.png (x-axis: lr; panels: max lr*K along the run, final H1 max log-persistence
-with robust beta1, distinct neurons, final loss with diverged runs marked) with the predicted eta* (initial
-state) as a vertical line, and OUT_DIR/breakdown_sweep.json (SweepResult.to_dict()). Default OUT_DIR:
+with robust beta1 (a "?" marks a count within the uncertainty margin), neurons merged by collapse (T6), final
+loss with diverged runs marked) with the predicted eta* (initial state) as a vertical line, and
+OUT_DIR/breakdown_sweep.json (SweepResult.to_dict()). Default OUT_DIR:
 topoverify-out/. Full form: 300 steps at 10 rates (a few minutes on 2 cores); --quick: 150 steps at 6 rates.
 """
 
@@ -57,9 +58,12 @@ def main(argv=None) -> int:
                       for r in res.runs])
     h1 = np.array([r.final.max_log_persistence[0] for r in res.runs])
     b1 = np.array([r.final.betti[1] for r in res.runs])
-    distinct = np.array([r.final.distinct_tol for r in res.runs])
+    merged = np.array([r.merged for r in res.runs])
+    unc = [r.final.low[1] != r.final.high[1] for r in res.runs]  # β1 within the uncertainty margin
     loss = np.array([r.final_loss for r in res.runs])
 
+    uncertain_note = (" (uncertain at " + ", ".join(f"{v:g}" for v in res.uncertain_lrs) + ")"
+                      if res.uncertain_lrs else "")
     fig, axes = plt.subplots(4, 1, figsize=(7, 10), sharex=True)
     ax = axes[0]
     ax.plot(x, maxek, "o-", label="max lr·K over every step before the first topology change")
@@ -68,11 +72,12 @@ def main(argv=None) -> int:
     ax = axes[1]
     ax.plot(x, h1, "o-", color="C1", label="final H1 max log-persistence")
     ax.axhline(math.log(2), color="gray", ls=":", lw=1, label="robust threshold log 2")
-    for xi, hi, bi in zip(x, h1, b1):
-        ax.annotate(f"β1={bi}", (xi, hi), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    for xi, hi, bi, ui in zip(x, h1, b1, unc):
+        ax.annotate(f"β1={bi}{'?' if ui else ''}", (xi, hi), textcoords="offset points", xytext=(0, 6), fontsize=7,
+                    ha="center")
     ax.set_ylabel("log-persistence"); ax.legend(loc="upper right", fontsize=8)
     ax = axes[2]
-    ax.plot(x, distinct, "o-", color="C2"); ax.set_ylabel("distinct neurons")
+    ax.plot(x, merged, "o-", color="C2"); ax.set_ylabel("neurons merged\n(collapse to round-off)")
     ax = axes[3]
     fin = ~div
     ax.plot(x[fin], loss[fin], "o-", color="C3", label="final loss")
@@ -88,8 +93,8 @@ def main(argv=None) -> int:
         if res.eta_star_certified:
             ax.axvline(res.eta_star_certified, color="k", ls=":", lw=1)
     axes[0].set_title(f"circle scenario, {steps} steps GD: η* = {res.eta_star:.3g} (dashed), certified "
-                      f"{res.eta_star_certified:.3g} (dotted)\nonset of topology change at η = {res.onset_lr}, "
-                      f"divergence from η = {res.divergence_lr}", fontsize=9)
+                      f"{res.eta_star_certified:.3g} (dotted)\nonset of topology change at η = {res.onset_lr}"
+                      f"{uncertain_note}, divergence from η = {res.divergence_lr}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "breakdown_sweep.png", dpi=120)
     if args.results_md:

@@ -69,3 +69,58 @@ def test_equivariant_message_states_the_limits_of_the_search(capsys):
     main(["check-optimizer", "torch.optim:SGD", "--kwargs", '{"lr": 0.01}', "--steps", "7", "--json", *FAST])
     msg = json.loads(capsys.readouterr().out)["message"]
     assert "7 steps" in msg and "float64" in msg and "width 2-16" in msg and "no conv nets" in msg
+
+
+def test_ctrl_c_prints_the_partial_verdict_not_a_traceback(monkeypatch, capsys):
+    from broken_optimizers import InterruptAfter
+    monkeypatch.setattr(InterruptAfter, "CALLS", 150)  # after the setup probes and an example or two
+    monkeypatch.setattr(InterruptAfter, "calls", 0)
+    assert main(["check-optimizer", "broken_optimizers:InterruptAfter", *FAST]) == 130
+    out, err = capsys.readouterr()
+    assert "INCONCLUSIVE" in out and "interrupted" in out and "Traceback" not in out + err
+    monkeypatch.setattr(InterruptAfter, "calls", 0)
+    assert main(["check-optimizer", "broken_optimizers:InterruptAfter", "--json", *FAST]) == 130
+    data = json.loads(capsys.readouterr().out)
+    assert data["interrupted"] is True and data["verdict"] == "inconclusive" and data["examples_run"] >= 1
+
+
+def test_timeout_names_the_hang(capsys):
+    # one (the simplest) generated example, then the large-tensor top-up, where SlowOnLarge stalls
+    assert main(["check-optimizer", "broken_optimizers:SlowOnLarge", "--timeout", "2", "--json", "--examples", "1",
+                 "--no-conv", "--dtype", "float64"]) == 2
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"] == "error" and "SlowOnLarge.update" in data["message"] and data["timeout_s"] == 2
+    assert main(["check-optimizer", "torch.optim:SGD", "--timeout", "-1"]) == 2
+
+
+def test_dtype_and_large_options_set_the_coverage(capsys):
+    main(["check-optimizer", "torch.optim:SGD", "--json", *FAST])
+    cov = json.loads(capsys.readouterr().out)["coverage"]
+    assert cov["by_dtype"]["float64"] >= 1 and cov["by_dtype"]["float32"] >= 1 and cov["large"] >= 1
+    main(["check-optimizer", "torch.optim:SGD", "--dtype", "float64", "--no-large", "--json", *FAST])
+    out = json.loads(capsys.readouterr().out)
+    assert out["dtypes"] == ["float64"] and out["coverage"]["large"] == 0
+    assert "no tensors above 256 entries" in out["message"]
+
+
+@pytest.mark.slow
+def test_sigint_prints_the_partial_verdict_and_exits_130():
+    """A real Ctrl-C (SIGINT) to the command while the rule hangs in an example (a subprocess: ~10 s, mostly
+    importing torch; the small form, test_ctrl_c_prints_the_partial_verdict_not_a_traceback, always runs)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    tests = os.path.dirname(__file__)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "topoverify.cli", "check-optimizer",
+                             "broken_optimizers:SlowOnLarge", "--kwargs", '{"announce": true}', "--timeout", "0",
+                             "--examples", "1", "--dtype", "float64", "--no-conv"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr.readline().strip() == "stalling"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert "SlowOnLarge" in out and "interrupted" in out and "Traceback" not in out + err

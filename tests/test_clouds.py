@@ -101,3 +101,20 @@ def test_bilipschitz_map_ratios_within_bounds(f, x):
     ratio = d1[mask] / d0[mask]
     assert ratio.min() >= f.a * (1 - 1e-9) and ratio.max() <= f.b * (1 + 1e-9)
     assert f.epsilon == pytest.approx(np.log(2.0))
+
+
+def test_thin_shapes():
+    e = C.circle(200, radius=2.0, aspect=10, seed=0)
+    assert np.allclose((e[:, 0] / 2.0) ** 2 + (e[:, 1] / 0.2) ** 2, 1.0)
+    f = C.figure_eight(200, aspect=20, seed=0)
+    assert np.ptp(f[:100, 0]) <= 2.0 + 1e-12 and np.ptp(f[:, 1]) <= 0.1 + 1e-12
+    assert np.array_equal(C.circle(50, seed=3, aspect=1.0), C.circle(50, seed=3))
+    with pytest.raises(TopoverifyError, match="aspect"):
+        C.circle(10, aspect=0.0)
+    with pytest.raises(TopoverifyError, match="aspect"):
+        C.figure_eight(10, aspect=float("inf"))
+
+
+@given(S.thin_loop_clouds(64, 128, max_aspect=5.0))
+def test_thin_loop_strategy(x):
+    assert x.ndim == 2 and 64 <= len(x) <= 128 and np.isfinite(x).all()

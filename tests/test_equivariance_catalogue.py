@@ -4,6 +4,7 @@ import pytest
 from broken_optimizers import CATALOGUE
 
 from topoverify.equivariance import equivariance_error
+from topoverify.strategies.models import ArchSpec
 
 OPTIONS = dict(examples=12, shrink_time=4.0)
 
@@ -17,6 +18,24 @@ def test_broken_optimizer_is_caught(name):
     assert cex is not None and cex.observed > cex.allowed
     if expected == "stochastic":
         assert report.uses_randomness and "in distribution" in report.message
+    where = EXPECTED_WHERE.get(name)
+    if where is not None:
+        assert where(cex), str(report)
+
+
+# Where the counterexample of some rules must lie (each needs a part of the search that did not always exist).
+EXPECTED_WHERE = {
+    # only the state comparison sees it, and the report says the parameters followed the permutation
+    "state_only_bug": lambda c: c.key.startswith("state ") and c.key.endswith("/precond")
+    and c.parameters_differ is False and c.parameter_steps_matched >= 1,
+    # a symmetric matrix state moves as P L P^T
+    "matrix_state_bug": lambda c: c.key.endswith("/L") and c.parameters_differ is False,
+    # only tensors above the block size show it
+    "blockwise_state_256": lambda c: ArchSpec(**{**c.arch, "widths": tuple(c.arch["widths"])}).largest_tensor()
+    > 256,
+    # only the float32 path has the bug
+    "float32_path_bug": lambda c: c.dtype == "float32",
+}
 
 
 def test_shrinking_reaches_the_smallest_examples():

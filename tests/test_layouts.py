@@ -168,3 +168,30 @@ def test_explicit_layout_validation_errors_name_the_parameter():
         explicit_layer("h", {"0.weight": 0, "2.weight": 0}, m)
     with pytest.raises(LayoutError, match="out of range"):
         explicit_layer("h", {"0.weight": 3}, m)
+
+
+def _bn_model_and_batch():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 2)).double()
+    return m, (torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64))
+
+
+BN_LAYOUT = {"0.weight": 0, "0.bias": 0, "1.weight": 0, "1.bias": 0, "3.weight": 1}
+
+
+@pytest.mark.roundoff
+def test_preflight_accepts_a_batchnorm_layout_whose_bias_gradient_is_round_off():
+    # BatchNorm subtracts the batch mean, so the gradient of the Linear's bias before it is zero in exact
+    # arithmetic: round-off (~1e-17), whose relative error is O(1). The layout is a symmetry and must pass.
+    m, batch = _bn_model_and_batch()
+    g = torch.autograd.grad(mse(m, batch), m[0].bias)[0]
+    assert float(g.abs().max()) < 1e-14  # the premise: a gradient at round-off level (zero in exact arithmetic)
+    preflight(m, [explicit_layer("hidden", BN_LAYOUT, m)], mse, batch)
+
+
+@pytest.mark.parametrize("missing", ["1.weight", "1.bias"])
+def test_preflight_still_rejects_a_batchnorm_layout_that_misses_a_member(missing):
+    m, batch = _bn_model_and_batch()
+    layout = {k: v for k, v in BN_LAYOUT.items() if k != missing}
+    with pytest.raises(LayoutError, match=rf"'{missing}' \(axis 0\) moves with the neurons but is missing"):
+        preflight(m, [explicit_layer("hidden", layout, m)], mse, batch)

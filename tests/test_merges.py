@@ -82,7 +82,8 @@ def test_T6_identical_neurons_stay_identical(name):
         if isinstance(value, torch.Tensor) and value.shape == w.shape:
             for i, j in ((0, 1), (4, 5)):
                 assert (value[i] - value[j]).norm() <= bound * value[i].norm() + 1e-300, key
-    # the number of distinct neurons (up to round-off) never grows: breakdown is one-way
+    # the number of distinct neurons (up to round-off) never grows: breakdown is one-way (here the twins also
+    # have equal optimizer state; counted on θ alone the number can grow when it does not: see below)
     assert counts[0] == 14 and all(b <= a for a, b in zip(counts, counts[1:]))
 
 
@@ -104,3 +105,48 @@ def test_T6_float32_twins_stay_identical():
         opt.step()
     cloud = neuron_cloud(model, detect_layers(model)[0])
     assert (cloud[0] - cloud[1]).norm() <= 64 * torch.finfo(torch.float32).eps * cloud[0].norm()
+
+
+def test_T6_count_on_theta_can_grow_but_not_on_theta_and_state():
+    """T6 needs equal θ *and* equal state. Twins 0 and 1 with different momentum buffers separate at the next
+    step: counted on θ the number of distinct neurons grows (14 -> 15); counted on (θ, s) it does not."""
+    from topoverify import topology as T
+    from topoverify.breakdown import optimizer_state_cloud
+
+    model = model_with_twins()
+    layer = detect_layers(model)[0]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for p in model.parameters():
+        buf = torch.zeros_like(p)
+        if p is model[0].weight:
+            buf[1] = 0.1  # twin 1 carries a different momentum than twin 0
+        opt.state[p]["momentum_buffer"] = buf
+    theta0, state0 = neuron_cloud(model, layer).numpy(), optimizer_state_cloud(model, opt, layer)
+    assert state0.shape == theta0.shape == (16, 16)  # each neuron's momentum, in the cloud's column order
+    assert count_distinct(theta0) == 14 and count_distinct(theta0, state=state0) == 15
+    tracker = T.MergeTracker(theta0, state0)
+    train(model, opt, 3)
+    theta1, state1 = neuron_cloud(model, layer).numpy(), optimizer_state_cloud(model, opt, layer)
+    assert count_distinct(theta1) == 15                       # grew: equal θ, different state, separated
+    assert count_distinct(theta1, state=state1) == 15         # on (θ, s): never grows
+    rep = tracker.update(theta1, state1)
+    assert rep.merged == 0 and rep.classes_start == 15 and rep.separated == []  # twins 4, 5 stay one class
+
+
+@pytest.mark.roundoff
+@pytest.mark.parametrize("name", ["SGD-momentum", "Adam"])
+def test_T6_merge_tracker_on_real_steps(name):
+    """Twins with equal state stay one class along 50 real steps (to round-off), and nothing merges."""
+    from topoverify import topology as T
+    from topoverify.breakdown import optimizer_state_cloud
+
+    model = model_with_twins()
+    layer = detect_layers(model)[0]
+    opt = OPTIMIZERS[name](model.parameters())
+    tracker = T.MergeTracker(neuron_cloud(model, layer), optimizer_state_cloud(model, opt, layer))
+    assert tracker.classes_start == 14
+    train(model, opt, 50)
+    state = optimizer_state_cloud(model, opt, layer)
+    assert state is not None and state.shape[1] > 0
+    rep = tracker.update(neuron_cloud(model, layer), state)
+    assert rep.state_known and rep.merged == 0 and rep.separated == [] and rep.classes == 14

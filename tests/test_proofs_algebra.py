@@ -137,6 +137,129 @@ def test_T3_folding_possible_above_eta_star():
     assert M.subs(x, 3).det() != 0  # eta*K = 3 > 1, still injective
 
 
+def test_T3_linear_field_injective_iff_reciprocal_is_not_an_eigenvalue():
+    """g(z) = K A z, ||A|| = 1: F = I - eta K A is injective iff det != 0 iff 1/(eta K) is no eigenvalue of A.
+    eta*K != 1 is NOT enough: A = diag(1, 1/2) with eta*K = 2 gives I - 2A = diag(-1, 0), singular."""
+    a1, a2 = sp.symbols("a1 a2", real=True)
+    A = sp.diag(a1, a2)
+    M = sp.eye(2) - x * A
+    assert sp.expand(M.det() - (1 - x * a1) * (1 - x * a2)) == 0
+    assert set(sp.solve(M.det(), x)) == {1 / a1, 1 / a2}
+    B = sp.diag(1, sp.Rational(1, 2))
+    assert max(abs(v) for v in B.eigenvals()) == 1  # ||B|| = 1, K = 1
+    singular = sp.eye(2) - 2 * B
+    assert singular == sp.diag(-1, 0) and singular.det() == 0  # eta*K = 2 != 1, yet not injective
+    # the map collapses the second axis: two distinct points with the same image
+    p1, p2 = sp.Matrix([0, 0]), sp.Matrix([0, 1])
+    assert singular * p1 == singular * p2
+
+
+def test_T3_global_lipschitz_fails_for_T1_fields_with_curvature():
+    """Assumption C1 (g K-Lipschitz on all of R^d) fails for every T1 field with sigma'' != 0 and delta != 0:
+    the Hessian entry d2Phi/dw2 = delta a h^2 sigma''(w h + b) grows without bound in a. For the identity
+    activation Phi is bilinear, its Hessian constant, and g is globally Lipschitz (the R^d remark)."""
+    w, b, a, h, d = sp.symbols("w b a h delta", real=True)
+    Phi = d * a * sp.tanh(w * h + b)
+    hess = sp.hessian(Phi, (w, b, a))
+    entry = sp.simplify(hess[0, 0] - d * a * h**2 * sp.diff(sp.tanh(x), x, 2).subs(x, w * h + b))
+    assert entry == 0
+    at = {w: sp.Rational(1, 2), b: 0, h: 1, d: 1}
+    assert sp.limit(hess[0, 0].subs(at), a, sp.oo) in (sp.oo, -sp.oo)  # unbounded on R^d
+    linear = sp.hessian(d * a * (w * h + b), (w, b, a))
+    assert all(sp.diff(e, v) == 0 for e in linear for v in (w, b, a))  # identity: constant Hessian
+
+
+def test_T3_block_matrix_top_eigenvalue_bound():
+    """The certificates' block bound: for J = [[A, B], [B^T, 0]] and a unit (x, y),
+    x^T A x + 2 x^T B y <= a|x|^2 + 2 b|x||y| <= lambda_max([[a, b], [b, 0]]) = (a + sqrt(a^2 + 4b^2))/2 for any
+    a >= lambda_max(A), b >= ||B||; the bound increases with a (so a larger a stays a bound). With a = alpha
+    >= ||A|| the same argument bounds |v^T J v|, hence ||J|| (K_upper); with a >= lambda_max(A) it bounds
+    lambda_max(J) (mu_upper)."""
+    a = sp.Symbol("a", real=True)
+    b = sp.Symbol("b", nonnegative=True)
+    s_, t_ = sp.symbols("s t", nonnegative=True)
+    lam = (a + sp.sqrt(a**2 + 4 * b**2)) / 2
+    M = sp.Matrix([[a, b], [b, 0]])
+    assert sp.simplify((lam * sp.eye(2) - M).det()) == 0  # lam is an eigenvalue...
+    assert any(sp.simplify(e - lam) == 0 for e in M.eigenvals())
+    # ... the largest: sqrt(a^2 + 4b^2) >= |a| gives lam >= max(a, 0), so lam I - M (trace 2 lam - a >= 0,
+    # det 0) is positive semidefinite
+    for av, bv in [(2, 1), (-3, 2), (0, 5), (7, 0)]:
+        lv = lam.subs({a: av, b: bv})
+        P = (lv * sp.eye(2) - M).subs({a: av, b: bv})
+        assert P.trace() >= 0 and sp.simplify(P.det()) == 0
+    # quadratic form: lam (s^2 + t^2) - (a s^2 + 2 b s t) = (s, t) (lam I - M) (s, t)^T
+    form = (sp.Matrix([[s_, t_]]) * (lam * sp.eye(2) - M) * sp.Matrix([s_, t_]))[0]
+    assert sp.expand(form - (lam * (s_**2 + t_**2) - (a * s_**2 + 2 * b * s_ * t_))) == 0
+    # monotone in a: d lam / d a = (1 + a / sqrt(a^2 + 4 b^2)) / 2 >= 0
+    dlam = sp.diff(lam, a)
+    assert sp.simplify(dlam - (1 + a / sp.sqrt(a**2 + 4 * b**2)) / 2) == 0
+    # numerically on random blocks: lambda_max(J) and ||J|| stay below the bound
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        A = rng.normal(size=(3, 3)); A = A + A.T
+        B = rng.normal(size=(3, 2))
+        J = np.block([[A, B], [B.T, np.zeros((2, 2))]])
+        ev = np.linalg.eigvalsh(J)
+        bnorm = np.linalg.norm(B, 2)
+        top = lambda av: (av + np.sqrt(av * av + 4 * bnorm**2)) / 2
+        assert ev[-1] <= top(np.linalg.eigvalsh(A)[-1]) + 1e-12
+        assert np.abs(ev).max() <= top(np.abs(np.linalg.eigvalsh(A)).max()) + 1e-12
+
+
+def test_T3_positive_part_bounds_the_top_eigenvalue_of_the_curvature_block():
+    """A = H^T diag(c s'') H <= H^T diag((c s'')_+) H (Loewner order, congruence keeps it), and
+    (c s'')_+ = c_+ s''_+ + c_- s''_- <= max(sup c_+ sup s''_+, sup c_- sup s''_-): at most one term is nonzero."""
+    c, s2 = sp.symbols("c s2", real=True)
+    pos = lambda v: sp.Max(v, 0)
+    for cv in (-2, 0, 3):
+        for sv in (-sp.Rational(1, 2), 0, sp.Rational(3, 4)):
+            lhs = pos(cv * sv)
+            assert lhs == pos(cv) * pos(sv) + pos(-cv) * pos(-sv)
+            assert (pos(cv) * pos(sv)) * (pos(-cv) * pos(-sv)) == 0
+    import numpy as np
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        H = rng.normal(size=(6, 3))
+        w = rng.normal(size=6)
+        lhs = np.linalg.eigvalsh(H.T @ np.diag(w) @ H)[-1]
+        rhs = np.linalg.eigvalsh(H.T @ np.diag(np.maximum(w, 0)) @ H)[-1]
+        assert lhs <= rhs + 1e-12
+
+
+def test_T3_one_sided_condition_gives_strong_monotonicity_and_needs_strictness():
+    """<F(x) - F(y), x - y> = |x - y|^2 - eta (x - y)^T (int_0^1 J(y + s(x - y)) ds)(x - y) >= (1 - eta mu)|x - y|^2
+    when v^T J v <= mu |v|^2 on the segment; then |F(x) - F(y)| >= (1 - eta mu)|x - y| (Cauchy-Schwarz).
+    eta mu = 1 is not enough: Phi = |z|^2/2 has J = I, mu = 1, and eta = 1 maps every point to 0.
+    For the cloud alone: |D'| >= <D', D>/|D| = |D| (1 - eta <u_i - u_j, D>/|D|^2) with D' = D - eta (u_i - u_j)."""
+    s = sp.Symbol("s", real=True)
+    X = sp.Matrix(sp.symbols("x0:2", real=True))
+    Y = sp.Matrix(sp.symbols("y0:2", real=True))
+    z0, z1 = sp.symbols("z0 z1", real=True)
+    Phi = z0**3 / 3 - z0 * z1**2 + z1**4 / 4
+    g = sp.Matrix([sp.diff(Phi, v) for v in (z0, z1)])
+    J = g.jacobian((z0, z1))
+    assert J == J.T
+    path = {z0: Y[0] + s * (X[0] - Y[0]), z1: Y[1] + s * (X[1] - Y[1])}
+    avg = J.subs(path).applyfunc(lambda e: sp.integrate(e, (s, 0, 1)))
+    F = lambda P: P - eta * g.subs({z0: P[0], z1: P[1]})
+    D = X - Y
+    lhs = ((F(X) - F(Y)).T * D)[0]
+    rhs = (D.T * D)[0] - eta * (D.T * avg * D)[0]
+    assert sp.expand(lhs - rhs) == 0
+    # strictness: Phi = |z|^2 / 2, eta = 1, mu = 1
+    G = sp.Matrix([z0, z1])  # grad of |z|^2/2
+    Fq = sp.Matrix([z0, z1]) - 1 * G
+    assert Fq == sp.zeros(2, 1)  # every point goes to 0: not injective at eta mu = 1
+    # the per-pair form for the cloud
+    d0, d1, u0, u1 = sp.symbols("d0 d1 u0 u1", real=True)
+    Dv, Uv = sp.Matrix([d0, d1]), sp.Matrix([u0, u1])
+    Dp = Dv - eta * Uv
+    nrm2 = (Dv.T * Dv)[0]
+    assert sp.simplify((Dp.T * Dv)[0] - nrm2 * (1 - eta * (Uv.T * Dv)[0] / nrm2)) == 0
+
+
 def test_T3_one_sided_condition_for_gradient_fields():
     """Sharper for GD (symmetric J_g): only eigenvalues mu > 0 of Hess Phi can make I - eta J singular.
     Quadratic Phi with Hessian diag(-10, 1): K = 10, eta = 0.5 gives eta*K = 5 > 1, yet the step is a

@@ -2,6 +2,11 @@
 
 import os
 
+# Import torch's lazily loaded compiler modules once in this process: pytester's in-process runs drop the modules
+# first imported inside them, and a re-import registers torch's operator library twice (a RuntimeError in the
+# first optimizer built), so the file failed when run on its own.
+import torch._dynamo  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 TESTS_DIR = os.path.dirname(__file__)
@@ -55,3 +60,14 @@ def test_bad_kwargs_is_usage_error(pytester):
     result = pytester.runpytest("--topoverify-optimizer", "torch.optim:SGD",
                                 "--topoverify-kwargs", "nope")
     assert result.ret == 4
+
+
+def test_timeout_option_reaches_the_packaged_checks(pytester):
+    _env(pytester)
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--topoverify-optimizer", "broken_optimizers:SlowOnLarge",
+                                "--topoverify-examples", "1", "--topoverify-timeout", "2")
+    result.assert_outcomes(passed=2, failed=1)  # T6 runs no large tensor; the equivariance check hangs on one
+    result.stdout.fnmatch_lines(["*SlowOnLarge: ERROR*", "*time limit of 2 s*SlowOnLarge.update*"])
+    bad = pytester.runpytest("--topoverify-optimizer", "torch.optim:SGD", "--topoverify-timeout", "-1")
+    assert bad.ret == 4

@@ -213,3 +213,33 @@ def test_test_exists_parses_without_running(tmp_path):
     (tmp_path / "broken.py").write_text("def test_a(:\n")
     ok, reason = test_exists("broken.py::test_a", tmp_path)
     assert not ok and "parse" in reason
+
+
+# --------------------------------------------------------------------------------------------- claims no stronger than proofs
+
+
+def test_T3_statement_is_no_stronger_than_its_proof(claims):
+    """Issue 8, item 3. The linear-field parenthetical must match the counterexample checked in
+    test_T3_linear_field_injective_iff_reciprocal_is_not_an_eigenvalue (injective iff 1/(eta K) is no
+    eigenvalue; eta K != 1 is not enough), and the continuum statement must rest on a convex set holding the
+    support, with the R^d homeomorphism only a remark for the identity activation (a global K fails for
+    every T1 field with curvature: test_T3_global_lipschitz_fails_for_T1_fields_with_curvature). The
+    one-sided form must ask for an upper bound of mu and strict eta*mu < 1."""
+    t3 = next(c for c in claims if c.id == "T3")
+    text = " ".join([t3.statement, *t3.assumptions])
+    assert "every eta K != 1" not in text and "for every ηK ≠ 1" not in text
+    assert "1/(eta K) is not an eigenvalue of A" in t3.statement and "diag(1, 1/2)" in t3.statement
+    c1 = next(a for a in t3.assumptions if a.startswith("C1"))
+    assert "convex set C" in c1 and "fails for every T1 field" in c1 and "identity activation" in c1
+    assert "bi-Lipschitz embedding" in t3.statement and "identity activation only" in t3.statement
+    c2 = next(a for a in t3.assumptions if a.startswith("C2"))
+    assert "upper bound" in c2 and "not a sampled estimate" in c2
+    assert "eta mu < 1" in t3.statement and "eta mu = 1 is not enough" in t3.statement
+    readme = (ROOT / "spec" / "README.md").read_text(encoding="utf-8")
+    t3_text = readme[readme.index("## T3"):readme.index("## T4")]
+    assert "every ηK ≠ 1" not in t3_text and "not an eigenvalue of A" in t3_text
+    assert "Remark (identity activation only)" in t3_text and "ημ = 1 is not enough" in t3_text
+    assert "are estimates and claim nothing" in t3_text
+    proof = (ROOT / "proofs_notes" / "T2_T3_bi_lipschitz.md").read_text(encoding="utf-8")
+    assert "Why not all of ℝ^d" in proof and "ημ = 1 is **not** enough" in proof
+    assert "upper bound" in proof and "μ_upper" in proof

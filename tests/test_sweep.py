@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from topoverify import topology as T
 from topoverify.breakdown import (
+    RunRecord,
     SweepResult,
     adam_factory,
     sgd_factory,
@@ -105,3 +107,101 @@ def test_full_circle_sweep_measured_onset():
         if run.first_change_step is not None and run.final.betti[1] == 0:
             first_lost = next(s.step for s in run.snapshots if s.betti[1] == 0)
             assert run.cumulative_epsilon(first_lost) >= (p0 - T.DEFAULT_LOG_THRESHOLD) / 2
+
+
+# ------------------------------------------------------------------------------------------ verdicts a sweep can trust
+
+
+def _planar_scenario(points, name):
+    """A tanh MLP whose neurons (w, b, a) are ``points`` (N × 3), sin(2x) data: a scenario for a chosen cloud."""
+    from topoverify.scenarios import Scenario, _sin_data, mse_loss, two_layer_mlp
+
+    points = np.asarray(points, dtype=np.float64)
+    return Scenario(name=name, make_model=lambda: two_layer_mlp(points, 1, 1, "tanh", True),
+                    batch=_sin_data(200, torch.float64), loss_fn=mse_loss)
+
+
+def test_a_growing_distinct_count_is_not_breakdown():
+    """Issue 7/8: neurons 0 and 1 start with equal θ but different momentum (T6 needs equal (θ, s), so they
+    are not merged); they separate, the count on θ grows 63 -> 64, and the old sweep called that a change."""
+    t = 2 * np.pi * np.arange(64) / 64
+    cloud = np.stack([np.cos(t), np.sin(t), np.full(64, 0.5)], axis=1)
+    cloud[1] = cloud[0]
+
+    def make(model, lr):
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        for p in model.parameters():
+            buf = torch.zeros_like(p)
+            if p is model[0].weight:
+                buf[1] = 0.05  # neuron 1 carries a different momentum
+            opt.state[p]["momentum_buffer"] = buf
+        return opt
+
+    make.__name__ = "SGD-momentum(prefilled)"
+    r = sweep(_planar_scenario(cloud, "twins"), make, [0.01], 20, every=10, predict=False)
+    run = r.runs[0]
+    s0, s1 = run.initial, run.final
+    assert s0.state_known and s0.distinct == 64                       # distinct as (θ, s)
+    assert T.count_distinct(cloud) == 63                                # on θ alone: 63
+    assert s0.distinct_tol == 63 and s1.distinct_tol == 64             # the old tolerance count grew
+    assert s1.merged == 0 and not run.distinct_changed and run.betti_changed is False
+    assert not run.topology_changed and run.verdict == "kept" and r.onset_lr is None
+
+
+def test_pairs_close_at_the_start_are_not_merges():
+    """Issue 7: a float32 curve sample has pairs 7.5e-7 apart; at 1e-6 relative tolerance they count as one,
+    and when the cloud spreads by 1 % the tolerance count grows: not a topology change."""
+    t = np.sort(np.random.default_rng(0).uniform(0, 2 * np.pi, 200))
+    c0 = np.stack([np.cos(t), np.sin(t), 0.3 * np.cos(3 * t)], axis=1).astype(np.float32)
+    c0[1] = c0[0] + np.float32(6e-7)  # a pair 1e-6 apart
+    c1 = (c0 * np.float32(1.01)) + np.float32(0.0)
+    c1[1] = c1[0] + np.float32(2e-6)
+    tracker = T.MergeTracker(c0)
+    s0 = topology_snapshot(c0, 0, tracker=tracker)
+    s1 = topology_snapshot(c1, 1, tracker=tracker)
+    assert s0.distinct_tol < s1.distinct_tol                            # "1023 distinct" -> "1024"
+    run = RunRecord(lr=0.1, steps=1, steps_run=1, loss=[0.0], final_loss=0.0, eta_K=[None], eta_K_upper=[None],
+                    prediction_available=False, prediction_reason="", snapshots=[s0, s1])
+    assert s1.merged == 0 and not run.topology_changed and run.verdict == "kept"
+
+
+def test_an_uncertain_start_is_reported_not_a_change():
+    """Issue 7: eight neurons on an ellipse whose H1 log-persistence is 0.698, just above log 2: the starting
+    β1 is uncertain, so its loss is reported as uncertain, not as a topology change; a merge still counts."""
+    t = 2 * np.pi * np.arange(8) / 8
+    cloud = np.stack([np.cos(t), np.sin(t) / 1.3, np.full(8, 0.5)], axis=1)
+    r = sweep(_planar_scenario(cloud, "octagon"), sgd_factory(), [0.01, 0.5], 30, every=10, predict=False)
+    assert r.start_uncertain and r.start_range == ((1, 0), (1, 1))
+    for run in r.runs:
+        assert run.start_uncertain and run.initial.betti == (1, 1) and run.final.betti[1] == 0
+        assert not run.betti_changed and run.verdict == "uncertain" and run.first_change_step is None
+    assert r.onset_lr is None and r.uncertain_lrs == [0.01, 0.5]
+    assert "UNCERTAIN" in r.summary() and "uncertain" in str(r)
+    d = r.to_dict()
+    json.dumps(d)
+    assert d["start_uncertain"] is True and d["runs"][0]["verdict"] == "uncertain"
+    # a certain start: the circle scenario's loss of β1 well above eta* is a change
+    r2 = sweep(circle_scenario(), sgd_factory(), [2.0], 10, every=5, predict=False)
+    assert not r2.start_uncertain and r2.runs[0].betti_changed
+
+
+def test_sweep_rule_and_margin_are_validated_and_recorded():
+    s = circle_scenario(n=16)
+    with pytest.raises(TopoverifyError, match="rule"):
+        sweep(s, sgd_factory(), [0.1], 2, rule="median")
+    with pytest.raises(TopoverifyError, match="margin"):
+        sweep(s, sgd_factory(), [0.1], 2, margin=-1.0)
+    with pytest.raises(TopoverifyError, match="roundoff_ulps"):
+        sweep(s, sgd_factory(), [0.1], 2, roundoff_ulps=0.0)
+    r = sweep(figure_eight_scenario(n=64), sgd_factory(), [0.01], 2, every=2, predict=False, rule="gap", margin=0.05)
+    assert r.rule == "gap" and r.margin == 0.05 and r.runs[0].initial.betti == (1, 2)
+
+
+@pytest.mark.roundoff
+def test_breakdown_merges_are_counted_by_collapse():
+    """At 0.065 (past the edge of stability) the circle's neurons merge: pairs fall to the round-off level
+    of float64 from far apart; the exact count need not change (they are equal to round-off, not bitwise)."""
+    r = sweep(circle_scenario(), sgd_factory(), [0.065], 99, every=33, predict=False)
+    run = r.runs[0]
+    assert run.final.merged > 0 and run.final.collapsed_pairs > 0 and run.final.close_at_start_pairs == 0
+    assert run.topology_changed and run.verdict == "changed"

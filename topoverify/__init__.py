@@ -14,7 +14,8 @@ Public API (see README.md):
 
 from . import topology
 from .breakdown import SweepResult, sweep
-from .equivariance import Counterexample, EquivarianceReport, assert_equivariant, check_identical_neurons, equivariance_error
+from .equivariance import (Counterexample, Coverage, EquivarianceReport, Interrupted, assert_equivariant,
+                          check_identical_neurons, equivariance_error)
 from .errors import LayoutError, NonFiniteError, TopoverifyError, UnsupportedError
 from .layouts import NeuronLayer, ParamAxis, detect_layers, explicit_layer, neuron_cloud
 from .permute import inverse_permutation, permute, preflight
@@ -24,7 +25,7 @@ from .verify import LayerVerification, StepVerification, verify_step
 __version__ = "0.1.0"
 
 __all__ = [
-    "Counterexample", "EquivarianceReport", "SweepResult", "assert_equivariant", "check_identical_neurons",
+    "Counterexample", "Coverage", "EquivarianceReport", "Interrupted", "SweepResult", "assert_equivariant", "check_identical_neurons",
     "equivariance_error", "sweep", "topology",
     "LayerPrediction", "LayerVerification", "LayoutError", "NeuronLayer", "NonFiniteError", "ParamAxis",
     "StepPrediction", "StepVerification", "TopoverifyError", "UnsupportedError", "detect_layers",

@@ -10,8 +10,17 @@ For each rate, :func:`sweep` trains a fresh copy of the scenario's model and rec
   the start of the sweep; with the certified K_upper beside the estimate. Optimizers without a prediction
   (Adam, ...) are recorded as such and the topology part still runs;
 * persistence diagrams of the tracked layer's neuron cloud at the start, every ``every`` steps and at the end
-  (the last finite state for a diverged run), robust Betti numbers, the largest log-persistence per
-  dimension, and the number of distinct neurons (exact, and within ``merge_rtol`` of the cloud's radius).
+  (the last finite state for a diverged run), robust Betti numbers with their uncertainty range
+  (:func:`topoverify.topology.betti_report`: ``rule``, ``margin``), the largest log-persistence per dimension;
+* merges (T6) by *collapse*: :class:`topoverify.topology.MergeTracker` counts a pair of neurons as merged
+  when its distance falls from far above to the round-off level of the dtype and, where the optimizer's
+  per-neuron state is readable (SGD momentum buffers, Adam's m and v, ...), their states coincide too. Pairs
+  that were merely close at the start never count, and a *growing* number of distinct neurons is never
+  breakdown. The exact distinct count and the old tolerance count (``merge_rtol``) are recorded beside it.
+
+A topology change is reported only when it is certain: a Betti number whose range at the end does not meet its
+range at the start (ranges from ``margin``), or a merge. Betti numbers that differ within the uncertainty, or a
+start whose own Betti numbers are uncertain, are reported as *uncertain*, not as a change.
 
 Nothing in the prediction looks at the outcome: η* comes from the initial state before any step is taken, and
 the onset is read from the diagrams afterwards (THEORY "What counts as a check").
@@ -41,10 +50,11 @@ from .scenarios import Scenario
 from . import topology as _topo
 
 __all__ = ["TopologySnapshot", "RunRecord", "SweepResult", "sweep", "sgd_factory", "adam_factory",
-           "topology_snapshot", "DEFAULT_MERGE_RTOL"]
+           "topology_snapshot", "optimizer_state_cloud", "DEFAULT_MERGE_RTOL"]
 
-#: Two neurons count as merged when closer than this fraction of the cloud's radius (see
-#: :func:`topoverify.topology.count_distinct`); the exact count is recorded beside it.
+#: ``distinct_tol`` of a snapshot counts neurons closer than this fraction of the cloud's radius as one
+#: (:func:`topoverify.topology.count_distinct`). Informational only: it merges neurons that are merely close,
+#: so no verdict uses it; merges are detected by collapse (:class:`topoverify.topology.MergeTracker`).
 DEFAULT_MERGE_RTOL = 1e-6
 
 _OVERFLOW = 1e30  # |θ| above this counts as divergence (ripser computes distances in float32)
@@ -74,11 +84,17 @@ def adam_factory(**kwargs) -> Callable[[nn.Module, float], torch.optim.Optimizer
 class TopologySnapshot(ResultMixin):
     """The neuron cloud's topology after ``step`` steps (0 = initial).
 
-    ``betti`` are :func:`topoverify.topology.robust_betti`; ``max_log_persistence[k-1]`` is the largest
-    log(death/birth) in H_k (k ≥ 1; 0 for an empty diagram, inf for an essential class); ``distinct`` counts
-    exactly distinct neurons, ``distinct_tol`` those farther apart than ``merge_rtol`` × radius;
-    ``error_bound`` is the subsampling certificate (0 without ``n_perm``). ``diagrams`` are kept only when
-    the sweep's ``keep_diagrams`` is set.
+    ``betti`` are :func:`topoverify.topology.betti_report`'s robust Betti numbers under ``rule``, with
+    ``betti_low``/``betti_high`` the range they could take within the uncertainty ``margin`` (equal: certain);
+    ``max_log_persistence[k-1]`` is the largest log(death/birth) in H_k (k ≥ 1; 0 for an empty diagram, inf
+    for an essential class). Merges since step 0 (:class:`topoverify.topology.MergeTracker`): ``merged``
+    neurons absorbed by collapse, ``collapsed_pairs``, ``state_differs_pairs`` (θ coincide, optimizer state
+    differs: not a merge), ``close_at_start_pairs`` (within round-off reach already at step 0: not counted),
+    ``separated_pairs`` (equal at step 0, apart now: a T6 finding, never breakdown); ``state_known`` says
+    whether the optimizer state was compared. ``distinct`` counts exactly distinct (θ, s) (θ alone when the
+    state is unknown); ``distinct_tol`` counts neurons farther apart than ``merge_rtol`` × radius
+    (informational: it merges neurons that are merely close). ``error_bound`` is the subsampling certificate
+    (0 without ``n_perm``). ``diagrams`` are kept only when the sweep's ``keep_diagrams`` is set.
     """
 
     step: int
@@ -88,18 +104,88 @@ class TopologySnapshot(ResultMixin):
     distinct_tol: int
     error_bound: float = 0.0
     diagrams: list | None = None
+    betti_low: tuple[int, ...] | None = None
+    betti_high: tuple[int, ...] | None = None
+    merged: int = 0
+    collapsed_pairs: int = 0
+    state_differs_pairs: int = 0
+    close_at_start_pairs: int = 0
+    separated_pairs: int = 0
+    state_known: bool = False
+
+    @property
+    def low(self) -> tuple[int, ...]:
+        return self.betti if self.betti_low is None else self.betti_low
+
+    @property
+    def high(self) -> tuple[int, ...]:
+        return self.betti if self.betti_high is None else self.betti_high
+
+    @property
+    def uncertain(self) -> bool:
+        """Some Betti number could differ within the uncertainty margin."""
+        return self.low != self.high
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["uncertain"] = self.uncertain
+        return d
 
     def __str__(self) -> str:
         lp = ", ".join(f"H{k + 1} {fmt(v, 3)}" for k, v in enumerate(self.max_log_persistence))
-        return (f"step {self.step}: Betti {self.betti}, max log-persistence [{lp}], distinct {self.distinct} "
-                f"(within tol: {self.distinct_tol})")
+        unc = f" (UNCERTAIN: {self.low}..{self.high})" if self.uncertain else ""
+        merges = f", {self.merged} merged by collapse" if self.merged else ""
+        return (f"step {self.step}: Betti {self.betti}{unc}, max log-persistence [{lp}], distinct {self.distinct} "
+                f"(within tol: {self.distinct_tol}){merges}")
 
 
-def topology_snapshot(cloud: Any, step: int = 0, *, maxdim: int = 1, n_perm: int | None = None,
-                      merge_rtol: float = DEFAULT_MERGE_RTOL, keep_diagrams: bool = True) -> TopologySnapshot:
-    """Persistence, robust Betti numbers and distinct counts of one neuron cloud (N × d, finite)."""
+def _betti_ranges_disjoint(a: TopologySnapshot, b: TopologySnapshot) -> bool:
+    """Some Betti number certainly differs: its ranges at ``a`` and ``b`` do not meet."""
+    return any(hb < la or lb > ha for la, ha, lb, hb in zip(a.low, a.high, b.low, b.high))
+
+
+def optimizer_state_cloud(model: nn.Module, optimizer: torch.optim.Optimizer, layer: NeuronLayer
+                          ) -> np.ndarray | None:
+    """Each neuron's optimizer state as an N × m matrix (rows in :func:`topoverify.neuron_cloud` order), for T6.
+
+    Every state tensor with its parameter's shape (momentum buffers, Adam's m and v, ...) is read through
+    the layer's layout and concatenated, keys in sorted order; scalar entries (step counters) are global and
+    left out. Returns an N × 0 matrix when the optimizer holds no per-parameter tensor state yet (before
+    the first step, or plain SGD), and ``None`` when the state cannot be read per neuron (a state tensor of
+    another shape, or a key present for some of the layer's parameters only): T6 is then checked on θ only.
+    """
+    params = dict(model.named_parameters())
+    keys: set[str] | None = None
+    for m in layer.members:
+        st = optimizer.state.get(params[m.name], {})
+        mine = set()
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                if tuple(v.shape) != tuple(params[m.name].shape):
+                    return None
+                mine.add(k)
+        if keys is None:
+            keys = mine
+        elif keys != mine:
+            return None
+    cols = []
+    for k in sorted(keys or ()):
+        src = {m.name: optimizer.state[params[m.name]][k] for m in layer.members}
+        cols.append(neuron_cloud(model, layer, source=src).detach().to(torch.float64).cpu().numpy())
+    if not cols:
+        return np.zeros((layer.size, 0))
+    return np.concatenate(cols, axis=1)
+
+
+def topology_snapshot(cloud: Any, step: int = 0, *, maxdim: int = 1, n_perm: int | str | None = "auto",
+                      merge_rtol: float = DEFAULT_MERGE_RTOL, keep_diagrams: bool = True, rule: str = "log2",
+                      margin: float = _topo.DEFAULT_MARGIN, tracker: _topo.MergeTracker | None = None,
+                      state: Any = None) -> TopologySnapshot:
+    """Persistence, robust Betti numbers (with their range), merges and distinct counts of one neuron cloud
+    (N × d, finite). ``tracker``: the run's :class:`topoverify.topology.MergeTracker` (started at step 0; by
+    default one is started on this cloud, so no merges); ``state``: the neurons' optimizer state (N × m)."""
     res = _topo.persistence(cloud, maxdim=maxdim, n_perm=n_perm)
-    betti = _topo.robust_betti(res, maxdim=maxdim)
+    rep = _topo.betti_report(res, maxdim=maxdim, rule=rule, margin=margin)
     lps = []
     for k in range(1, maxdim + 1):
         d = res.diagrams[k]
@@ -109,11 +195,17 @@ def topology_snapshot(cloud: Any, step: int = 0, *, maxdim: int = 1, n_perm: int
         else:
             with np.errstate(divide="ignore"):
                 lps.append(float(np.max(np.log(d[:, 1]) - np.log(d[:, 0]))))
+    if tracker is None:
+        tracker = _topo.MergeTracker(cloud, state)
+    mr = tracker.update(cloud, state)
     return TopologySnapshot(
-        step=int(step), betti=tuple(int(b) for b in betti), max_log_persistence=tuple(lps),
-        distinct=_topo.count_distinct(cloud), distinct_tol=_topo.count_distinct(cloud, rtol=merge_rtol),
+        step=int(step), betti=tuple(int(b) for b in rep.betti), max_log_persistence=tuple(lps),
+        distinct=_topo.count_distinct(cloud, state=state), distinct_tol=_topo.count_distinct(cloud, rtol=merge_rtol),
         error_bound=float(res.error_bound),
-        diagrams=[np.asarray(d) for d in res.diagrams] if keep_diagrams else None)
+        diagrams=[np.asarray(d) for d in res.diagrams] if keep_diagrams else None,
+        betti_low=tuple(rep.low), betti_high=tuple(rep.high), merged=int(mr.merged),
+        collapsed_pairs=len(mr.collapsed), state_differs_pairs=len(mr.state_differs),
+        close_at_start_pairs=len(mr.close_at_start), separated_pairs=len(mr.separated), state_known=mr.state_known)
 
 
 @dataclass
@@ -194,51 +286,94 @@ class RunRecord(ResultMixin):
 
     @property
     def betti_changed(self) -> bool:
-        return self.final.betti != self.initial.betti
+        """Some robust Betti number certainly differs between the start and the end: its ranges (within the
+        uncertainty margin) do not meet."""
+        return _betti_ranges_disjoint(self.initial, self.final)
+
+    @property
+    def start_uncertain(self) -> bool:
+        """The starting Betti numbers are themselves uncertain (a feature near the threshold or the gap)."""
+        return self.initial.uncertain
+
+    @property
+    def merged(self) -> int:
+        """Neurons merged by collapse (T6) between the start and the end (last finite state)."""
+        return self.final.merged
 
     @property
     def distinct_changed(self) -> bool:
-        return self.final.distinct_tol != self.initial.distinct_tol
+        """Neurons merged by collapse between the start and the end. (A *growing* number of distinct neurons,
+        e.g. equal θ with different optimizer state separating, is never counted.)"""
+        return self.final.merged > 0
 
     @property
     def topology_changed(self) -> bool:
-        """Robust Betti numbers or the distinct count differ between the start and the end of the run (the
-        last finite state for a diverged run)."""
+        """A certain Betti change or a merge between the start and the end of the run (the last finite state
+        for a diverged run)."""
         return self.betti_changed or self.distinct_changed
 
     @property
     def first_change_step(self) -> int | None:
-        """The first recorded step at which the Betti numbers or the distinct count differed from step 0
-        (transient changes included)."""
-        b0, n0 = self.initial.betti, self.initial.distinct_tol
+        """The first recorded step with a certain Betti change from step 0 or a merge (transient changes
+        included)."""
+        s0 = self.initial
         for s in self.snapshots[1:]:
-            if s.betti != b0 or s.distinct_tol != n0:
+            if _betti_ranges_disjoint(s0, s) or s.merged > 0:
                 return s.step
         return None
 
+    @property
+    def first_uncertain_step(self) -> int | None:
+        """The first recorded step whose Betti numbers differ from step 0 only within the uncertainty (not
+        reported as a change)."""
+        s0 = self.initial
+        for s in self.snapshots[1:]:
+            if s.betti != s0.betti and not _betti_ranges_disjoint(s0, s):
+                return s.step
+        return None
+
+    @property
+    def verdict(self) -> str:
+        """``"changed"`` (a certain Betti change or a merge at the end), ``"transient"`` (a certain change at some
+        recorded step, gone by the end), ``"uncertain"`` (Betti numbers differed from the start only within the
+        uncertainty margin), or ``"kept"``."""
+        if self.topology_changed:
+            return "changed"
+        if self.first_change_step is not None:
+            return "transient"
+        if self.first_uncertain_step is not None:
+            return "uncertain"
+        return "kept"
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        for name in ("max_eta_K", "max_eta_K_step", "max_eta_K_before_change", "max_eta_K_upper", "steps_above_one", "betti_changed",
-                     "distinct_changed", "topology_changed", "first_change_step"):
+        for name in ("max_eta_K", "max_eta_K_step", "max_eta_K_before_change", "max_eta_K_upper", "steps_above_one",
+                     "betti_changed", "start_uncertain", "merged", "distinct_changed", "topology_changed",
+                     "first_change_step", "first_uncertain_step", "verdict"):
             d[name] = jsonable(getattr(self, name))
         return d
 
     def __str__(self) -> str:
         div = f", DIVERGED at step {self.diverged_at} ({self.divergence})" if self.diverged else ""
+        unc = " (start UNCERTAIN)" if self.start_uncertain else ""
         return (f"lr={fmt(self.lr)}: {self.steps_run}/{self.steps} steps, final loss {fmt(self.final_loss)}{div}; "
-                f"max lr*K {fmt(self.max_eta_K)} (step {self.max_eta_K_step}); Betti {self.initial.betti} -> "
-                f"{self.final.betti}, distinct {self.initial.distinct_tol} -> {self.final.distinct_tol}")
+                f"max lr*K {fmt(self.max_eta_K)} (step {self.max_eta_K_step}); Betti {self.initial.betti}{unc} -> "
+                f"{self.final.betti}, merged by collapse {self.merged} (distinct {self.initial.distinct} -> "
+                f"{self.final.distinct}); verdict {self.verdict}")
 
 
 @dataclass
 class SweepResult(ResultMixin):
     """A learning-rate sweep: the predicted η* (initial state) next to the empirical onsets.
 
-    ``onset_lr``: the smallest rate whose run ends (or, diverged, last stands) with robust Betti numbers or
-    a distinct count different from the start; ``onset_lr_transient``: the smallest rate with such a change
-    at any recorded step; ``divergence_lr``: the smallest rate whose run diverged. ``eta_star`` = 1/K_eff
-    (estimate) and ``eta_star_certified`` = 1/K_eff_upper at θ_0 (None if the optimizer has no prediction,
-    see ``prediction_reason``).
+    ``onset_lr``: the smallest rate whose run ends (or, diverged, last stands) with a certain Betti change
+    or merged neurons (see :class:`RunRecord`); ``onset_lr_transient``: the smallest rate with such a change
+    at any recorded step; ``uncertain_lrs``: the rates whose Betti numbers moved only within the uncertainty
+    margin (no change claimed); ``start_uncertain``: the starting Betti numbers are themselves uncertain
+    (then ``start_range`` gives their range and changes within it are not claimed); ``divergence_lr``: the
+    smallest rate whose run diverged. ``eta_star`` = 1/K_eff (estimate) and ``eta_star_certified`` =
+    1/K_eff_upper at θ_0 (None if the optimizer has no prediction, see ``prediction_reason``). ``rule`` and
+    ``margin`` are those of :func:`topoverify.topology.betti_report`.
     """
 
     scenario: str
@@ -255,10 +390,28 @@ class SweepResult(ResultMixin):
     runs: list[RunRecord]
     seconds: float = 0.0
     description: str = ""
+    rule: str = "log2"
+    margin: float = _topo.DEFAULT_MARGIN
 
     @property
     def lrs(self) -> list[float]:
         return [r.lr for r in self.runs]
+
+    @property
+    def start_uncertain(self) -> bool:
+        return any(r.start_uncertain for r in self.runs)
+
+    @property
+    def start_range(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """(low, high) of the starting Betti numbers when they are uncertain, else None."""
+        for r in self.runs:
+            if r.start_uncertain:
+                return r.initial.low, r.initial.high
+        return None
+
+    @property
+    def uncertain_lrs(self) -> list[float]:
+        return sorted(r.lr for r in self.runs if r.verdict == "uncertain")
 
     def _first(self, pred: Callable[[RunRecord], bool]) -> float | None:
         for r in sorted(self.runs, key=lambda r: r.lr):
@@ -298,7 +451,8 @@ class SweepResult(ResultMixin):
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        for name in ("onset_lr", "onset_lr_transient", "onset_lr_before_divergence", "divergence_lr", "phase2_lr"):
+        for name in ("onset_lr", "onset_lr_transient", "onset_lr_before_divergence", "divergence_lr", "phase2_lr",
+                     "start_uncertain", "start_range", "uncertain_lrs"):
             d[name] = jsonable(getattr(self, name))
         return d
 
@@ -309,7 +463,7 @@ class SweepResult(ResultMixin):
                         f"(layer {self.layer}; predicted eta* = {fmt(self.eta_star)}, certified "
                         f"{fmt(self.eta_star_certified)})")
         for c in ("lr", "lr/eta*", "max lr*K (step)", "before change", "max lr*K_cert", "steps lr*K>=1", "final loss",
-                  "diverged at", "Betti start->end", "distinct", "max H1 log-pers", "changed"):
+                  "diverged at", "Betti start->end", "merged", "max H1 log-pers", "changed"):
             t.add_column(c, justify="right")
         for r in self.runs:
             ratio = "n/a" if not self.eta_star else fmt(r.lr / self.eta_star, 3)
@@ -318,16 +472,26 @@ class SweepResult(ResultMixin):
             t.add_row(fmt(r.lr), ratio, mk, fmt(r.max_eta_K_before_change, 3), fmt(r.max_eta_K_upper, 3),
                       "n/a" if not r.prediction_available else str(r.steps_above_one),
                       fmt(r.final_loss), "-" if not r.diverged else f"{r.diverged_at}",
-                      f"{r.initial.betti}->{r.final.betti}", f"{r.initial.distinct_tol}->{r.final.distinct_tol}",
-                      h1, "yes" if r.topology_changed else ("transient" if r.first_change_step is not None else "no"))
+                      f"{r.initial.betti}{'?' if r.initial.uncertain else ''}->{r.final.betti}"
+                      f"{'?' if r.final.uncertain else ''}", str(r.merged), h1,
+                      {"changed": "yes", "transient": "transient", "uncertain": "uncertain", "kept": "no"}[r.verdict])
         return t
 
     def summary(self) -> str:
+        unc = ""
+        if self.start_uncertain:
+            lo, hi = self.start_range
+            unc = (f". The starting Betti numbers are UNCERTAIN (range {lo}..{hi} within a factor e^±"
+                   f"{fmt(self.margin, 3)} of log-persistence, rule {self.rule}): changes within that range are "
+                   "not claimed")
+        if self.uncertain_lrs:
+            unc += (f". Betti numbers moved only within the uncertainty at lr = "
+                    f"{', '.join(fmt(v) for v in self.uncertain_lrs)} (not counted as a change)")
         return (f"predicted eta* = {fmt(self.eta_star)} (certified {fmt(self.eta_star_certified)}) vs empirical "
                 f"onset of topology change at lr = {fmt(self.onset_lr)} (transient: "
                 f"{fmt(self.onset_lr_transient)}; recorded before any divergence: "
                 f"{fmt(self.onset_lr_before_divergence)}); first rate with lr*K >= 1 along the run: "
-                f"{fmt(self.phase2_lr)}; divergence from lr = {fmt(self.divergence_lr)}"
+                f"{fmt(self.phase2_lr)}; divergence from lr = {fmt(self.divergence_lr)}{unc}"
                 + (f". No prediction: {self.prediction_reason}" if self.prediction_reason else ""))
 
     def __str__(self) -> str:
@@ -377,15 +541,22 @@ def sweep(scenario: Scenario, make_optimizer: Callable[[nn.Module, float], torch
           lrs: Sequence[float], steps: int, *, every: int = 1, layer: str | int | None = None,
           maxdim: int | None = None, n_perm: int | None = -1, merge_rtol: float = DEFAULT_MERGE_RTOL,
           predict: bool = True, power_iters: int = 20, neighbors: int = 2, seed: int = 0,
-          keep_diagrams: bool = True, progress: bool | None = None) -> SweepResult:
+          keep_diagrams: bool = True, progress: bool | None = None, rule: str | None = None,
+          margin: float = _topo.DEFAULT_MARGIN, roundoff_ulps: float = _topo.DEFAULT_ROUNDOFF_ULPS,
+          collapse_orders: float = _topo.DEFAULT_COLLAPSE_ORDERS) -> SweepResult:
     """Run ``scenario`` for ``steps`` steps at each rate in ``lrs`` (see the module docstring).
 
     ``make_optimizer(model, lr)`` builds the optimizer (e.g. :func:`sgd_factory`, :func:`adam_factory`).
     ``every``: record the diagrams every ``every`` steps (the start and the end always). ``layer``: the
     neuron layer to track (name or index; default the scenario's, else the first detected). ``maxdim``,
-    ``n_perm``: persistence options (default: the scenario's; ``n_perm=None`` forces all points).
-    ``predict=False`` skips the per-step K (faster; no ηK record). ``progress``: a rich progress bar
-    (default: only when stderr is a terminal). Never raises on divergence: it is recorded per run.
+    ``n_perm``: persistence options (default: the scenario's; ``n_perm=None`` forces all points, ``"auto"``
+    subsamples above :data:`topoverify.topology.EXACT_LIMITS`). ``rule``, ``margin``: the robust Betti rule
+    (default: the scenario's, ``"log2"`` unless it is a thin shape) and its uncertainty margin
+    (:func:`topoverify.topology.betti_report`); ``roundoff_ulps``,
+    ``collapse_orders``: what counts as a merge (:class:`topoverify.topology.MergeTracker`). ``merge_rtol``:
+    only for the informational ``distinct_tol`` count. ``predict=False`` skips the per-step K (faster; no ηK
+    record). ``progress``: a rich progress bar (default: only when stderr is a terminal). Never raises on
+    divergence: it is recorded per run.
     """
     if not isinstance(steps, int) or steps < 0:
         raise TopoverifyError(f"steps must be an integer >= 0; got {steps!r}.")
@@ -395,7 +566,12 @@ def sweep(scenario: Scenario, make_optimizer: Callable[[nn.Module, float], torch
     if not lrs or not all(v > 0 and math.isfinite(v) for v in lrs):
         raise TopoverifyError(f"lrs must be a non-empty sequence of finite positive rates; got {lrs!r}.")
     maxdim = scenario.maxdim if maxdim is None else int(maxdim)
-    n_perm = scenario.n_perm if n_perm == -1 else n_perm
+    n_perm = scenario.n_perm if (isinstance(n_perm, int) and not isinstance(n_perm, bool) and n_perm == -1) \
+        else n_perm
+    rule = getattr(scenario, "rule", "log2") if rule is None else rule
+    _topo._check_rule_params(rule, _topo.DEFAULT_LOG_THRESHOLD, _topo.DEFAULT_MIN_GAP,
+                             _topo.MIN_LOOP_LOG_PERSISTENCE, margin)
+    _topo.MergeTracker(np.zeros((1, 1)), roundoff_ulps=roundoff_ulps, collapse_orders=collapse_orders)  # validates
     t_start = time.perf_counter()
 
     # one layout preflight for the whole sweep
@@ -438,7 +614,9 @@ def sweep(scenario: Scenario, make_optimizer: Callable[[nn.Module, float], torch
         for lr in lrs:
             runs.append(_run(scenario, make_optimizer, lr, steps, every, layers, idx, tracked, maxdim, n_perm,
                              merge_rtol, predict and not reason.startswith("prediction switched off"),
-                             power_iters, neighbors, seed, keep_diagrams, prog, task))
+                             power_iters, neighbors, seed, keep_diagrams, prog, task,
+                             dict(rule=rule, margin=margin), dict(roundoff_ulps=roundoff_ulps,
+                                                                  collapse_orders=collapse_orders)))
     finally:
         if prog is not None:
             prog.stop()
@@ -446,22 +624,25 @@ def sweep(scenario: Scenario, make_optimizer: Callable[[nn.Module, float], torch
         scenario=scenario.name, optimizer=opt_name, layer=tracked.name, steps=steps, every=every, maxdim=maxdim,
         n_perm=n_perm, merge_rtol=merge_rtol, eta_star=eta_star, eta_star_certified=eta_star_cert,
         prediction_reason=reason, runs=runs, seconds=time.perf_counter() - t_start,
-        description=scenario.description)
+        description=scenario.description, rule=rule, margin=float(margin))
 
 
 def _run(scenario, make_optimizer, lr, steps, every, layers, idx, tracked, maxdim, n_perm, merge_rtol, predict,
-         power_iters, neighbors, seed, keep_diagrams, prog, task) -> RunRecord:
+         power_iters, neighbors, seed, keep_diagrams, prog, task, betti_kw, merge_kw) -> RunRecord:
     t0 = time.perf_counter()
     model = scenario.model()
     opt = make_optimizer(model, lr)
 
-    def snap(cloud, step):
-        return topology_snapshot(cloud, step, maxdim=maxdim, n_perm=n_perm, merge_rtol=merge_rtol,
-                                 keep_diagrams=keep_diagrams)
-
     cloud = neuron_cloud(model, tracked).detach().clone()
-    snapshots = [snap(cloud, 0)]
-    last_cloud, last_step = cloud, 0
+    state = optimizer_state_cloud(model, opt, tracked)
+    tracker = _topo.MergeTracker(cloud, state, **merge_kw)
+
+    def snap(cloud, step, state):
+        return topology_snapshot(cloud, step, maxdim=maxdim, n_perm=n_perm, merge_rtol=merge_rtol,
+                                 keep_diagrams=keep_diagrams, tracker=tracker, state=state, **betti_kw)
+
+    snapshots = [snap(cloud, 0, state)]
+    last_cloud, last_step, last_state = cloud, 0, state
     losses: list[float] = []
     eta_K: list[float | None] = []
     eta_K_up: list[float | None] = []
@@ -502,15 +683,19 @@ def _run(scenario, make_optimizer, lr, steps, every, layers, idx, tracked, maxdi
         if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
             diverged_at, divergence = t, f"parameters outside the tracked layer non-finite after step {t}"
             break
-        last_cloud, last_step = cloud, t + 1
+        state = optimizer_state_cloud(model, opt, tracked)
+        if state is not None and not np.all(np.isfinite(state)):
+            diverged_at, divergence = t, f"optimizer state non-finite after step {t}"
+            break
+        last_cloud, last_step, last_state = cloud, t + 1, state
         if (t + 1) % every == 0 and t + 1 < steps:
-            snapshots.append(snap(cloud, t + 1))
+            snapshots.append(snap(cloud, t + 1, state))
         if prog is not None:
             prog.advance(task)
     if prog is not None and diverged_at is not None:
         prog.advance(task, steps - (diverged_at + 1) + 1)
     if last_step != snapshots[-1].step:
-        snapshots.append(snap(last_cloud, last_step))
+        snapshots.append(snap(last_cloud, last_step, last_state))
     final_loss = math.nan
     if diverged_at is None:
         with torch.no_grad():

@@ -41,20 +41,35 @@ def _run_spec(args) -> int:
     return run_spec_command(json_output=args.json)
 
 
+def _usage_error(message: str) -> int:
+    print(f"topoverify verify-step: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _yes_no(holds: bool | None) -> str:
+    return "n/a (no pair compared)" if holds is None else ("yes" if holds else "NO")
+
+
 def run_verify_step(args) -> int:
-    from .errors import TopoverifyError
+    """Exit 0 when every requested step was checked and every bound held, 1 when a bound was violated,
+    3 when no bound was violated but some steps could not be checked (the run diverged to NaN/Inf: a
+    finding, reported as such, never counted as a pass), 2 on bad input."""
+    import math
+
+    from .errors import NonFiniteError, TopoverifyError
     from .scenarios import default_scenario
     from .verify import take_step, verify_step
 
     if args.steps < 1 or args.neurons < 2:
-        print("topoverify verify-step: error: --steps must be >= 1 and --neurons >= 2", file=sys.stderr)
-        return 2
+        return _usage_error("--steps must be >= 1 and --neurons >= 2")
     lrs = args.lr or [0.04, 2.5]
-    if any(not lr > 0 for lr in lrs):
-        print("topoverify verify-step: error: every --lr must be > 0", file=sys.stderr)
-        return 2
+    if any(not (math.isfinite(lr) and lr > 0) for lr in lrs):
+        return _usage_error(f"every --lr must be a finite number > 0 (got {', '.join(map(str, lrs))})")
+    if not (math.isfinite(args.momentum) and 0 <= args.momentum < 1):
+        return _usage_error(f"--momentum must be in [0, 1) (got {args.momentum}); 0 is plain gradient descent, "
+                            f"0.9 is a common heavy-ball value")
     scenario = default_scenario(n=args.neurons)
-    runs, all_hold = [], True
+    runs, violated, unchecked = [], False, 0
     if not args.json:
         print(f"Scenario: {scenario.description}")
     for lr in lrs:
@@ -64,26 +79,40 @@ def run_verify_step(args) -> int:
         for t in range(args.steps):
             try:
                 ver = verify_step(model, opt, scenario.loss_fn, scenario.batch, step=t)
-            except TopoverifyError as exc:  # divergence is a finding, reported as such
-                steps.append({"step": t, "error": str(exc)})
+            except NonFiniteError as exc:  # divergence is a finding: this and the later steps are unchecked
+                unchecked += args.steps - t
+                steps.append({"step": t, "checked": False, "error": str(exc)})
                 if not args.json:
-                    print(f"lr={fmt(lr)} step {t}: {exc}")
+                    print(f"lr={fmt(lr)} step {t}: not checked: {exc}")
                 break
-            all_hold &= ver.holds
-            steps.append(ver.to_dict())
+            except TopoverifyError as exc:
+                return _usage_error(str(exc))
+            if ver.holds is None:  # no pair could be compared: not evidence either way
+                unchecked += 1
+            violated |= ver.holds is False
+            steps.append({"checked": ver.holds is not None, **ver.to_dict()})
             if not args.json:
                 lv = ver.layers[0]
                 p = lv.prediction
                 print(f"lr={fmt(lr)} step {t}: K={fmt(p.K)} (cert. {fmt(p.K_upper)}), lr*K={fmt(lr * p.K_eff)}, "
                       f"eta*={fmt(p.eta_star)}, phase={p.phase}; observed ratios "
                       f"[{fmt(lv.min_ratio, 6)}, {fmt(lv.max_ratio, 6)}] within predicted "
-                      f"[{fmt(p.lower, 6)}, {fmt(p.upper, 6)}]: {'yes' if lv.holds else 'NO'}"
+                      f"[{fmt(p.lower, 6)}, {fmt(p.upper, 6)}]: {_yes_no(lv.holds)}"
                       f"{'' if lv.checked == 'both bounds' else ' (upper bound only: lr*K >= 1 makes the lower bound 0)'}; "
                       f"loss {fmt(ver.loss_before)} -> {fmt(ver.loss_after)}")
             model, opt, _ = take_step(model, opt, scenario.loss_fn, scenario.batch)
         runs.append({"lr": lr, "steps": steps})
+    total = args.steps * len(lrs)
+    verdict = "violated" if violated else ("inconclusive" if unchecked else "held")
     if args.json:
-        print(json.dumps(jsonable({"scenario": scenario.name, "all_hold": all_hold, "runs": runs})))
+        print(json.dumps(jsonable({"scenario": scenario.name, "verdict": verdict, "all_hold": verdict == "held",
+                                   "steps_requested": total, "steps_checked": total - unchecked,
+                                   "runs": runs})))
+    elif violated:
+        print("Some predicted bounds were VIOLATED.")
+    elif unchecked:
+        print(f"No bound was violated on the {total - unchecked} of {total} steps that could be checked; "
+              f"{unchecked} could not be (the run diverged to NaN/Inf), so this is not a full pass.")
     else:
-        print("All predicted bounds held." if all_hold else "Some predicted bounds were VIOLATED.")
-    return 0 if all_hold else 1
+        print(f"All predicted bounds held on all {total} steps.")
+    return 1 if violated else (3 if unchecked else 0)

@@ -9,6 +9,12 @@ perturbed by i.i.d. Gaussian noise of standard deviation ``noise`` in every ambi
 
 Known Betti numbers (β0, β1, β2): circle (1, 1, 0), two circles (2, 2, 0), figure-eight (1, 2, 0),
 sphere (1, 0, 1), torus (1, 2, 1).
+
+Thin and anisotropic shapes: ``circle(..., aspect=a)`` is an ellipse whose length is ``a`` times its width,
+``figure_eight(..., aspect=a)`` a wedge of two such lobes (sampled uniformly in the angle, so more densely
+near the ends of a thin lobe); ``torus(..., radius=r)`` with ``r`` much smaller than ``major`` a thin torus.
+Their loops are real but, sampled sparsely, short-lived on a log scale (see
+:func:`topoverify.topology.robust_betti`, ``rule="gap"``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ def as_generator(seed: SeedLike) -> np.random.Generator:
 
 
 def _check(n: int, ambient_dim: int, intrinsic: int, noise: float, **positive: float) -> None:
+    """Validate the common arguments; every keyword in ``positive`` must be finite and > 0."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise TopoverifyError(f"n (number of points) must be a positive integer; got {n!r}.")
     if not isinstance(ambient_dim, (int, np.integer)) or ambient_dim < intrinsic:
@@ -107,12 +114,16 @@ def circle(
     *,
     rotate: bool | None = None,
     center: float | np.ndarray = 0.0,
+    aspect: float = 1.0,
 ) -> np.ndarray:
-    """``n`` points uniform on a circle of ``radius`` (Betti (1, 1)), embedded in R^ambient_dim."""
-    _check(n, ambient_dim, 2, noise, radius=radius)
+    """``n`` points uniform on a circle of ``radius`` (Betti (1, 1)), embedded in R^ambient_dim.
+
+    ``aspect`` > 1 squeezes it into an ellipse with semi-axes ``radius`` and ``radius / aspect`` (length
+    ``aspect`` times the width; points uniform in the angle parameter)."""
+    _check(n, ambient_dim, 2, noise, radius=radius, aspect=aspect)
     rng = as_generator(seed)
     t = rng.uniform(0.0, 2 * math.pi, n)
-    x = radius * np.stack([np.cos(t), np.sin(t)], axis=1)
+    x = radius * np.stack([np.cos(t), np.sin(t) / aspect], axis=1)
     return _finish(x, ambient_dim, noise, rotate, rng) + center
 
 
@@ -147,13 +158,17 @@ def figure_eight(
     seed: SeedLike = None,
     *,
     rotate: bool | None = None,
+    aspect: float = 1.0,
 ) -> np.ndarray:
-    """Wedge of two circles of ``radius`` touching at the origin (Betti (1, 2)); n // 2 points on each."""
-    _check(n, ambient_dim, 2, noise, radius=radius)
+    """Wedge of two circles of ``radius`` touching at the origin (Betti (1, 2)); n // 2 points on each.
+
+    ``aspect`` > 1 makes each lobe an ellipse of length ``2 radius`` and width ``2 radius / aspect`` (a thin
+    figure-eight; points uniform in the angle parameter)."""
+    _check(n, ambient_dim, 2, noise, radius=radius, aspect=aspect)
     rng = as_generator(seed)
     t = rng.uniform(0.0, 2 * math.pi, n)
     s = np.where(np.arange(n) < n // 2, -1.0, 1.0)
-    x = radius * np.stack([s * (1.0 + np.cos(t)), np.sin(t)], axis=1)
+    x = radius * np.stack([s * (1.0 + np.cos(t)), np.sin(t) / aspect], axis=1)
     return _finish(x, ambient_dim, noise, rotate, rng)
 
 

@@ -1,4 +1,4 @@
-"""Top Hessian eigenvalue of the loss by power iteration on Hessian-vector products (torch.func).
+"""Top Hessian eigenvalue of the loss by power iteration on Hessian-vector products (double backward).
 
 These are the paper's coarser constants: λ_max of the full Hessian, and of the Hessian restricted to one
 neuron layer's parameters (a principal submatrix, so ‖H_layer‖ ≤ ‖H‖ by Cauchy interlacing). Both bound the
@@ -14,21 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp
 
 from ._results import ResultMixin, fmt
-
-
-class _LossModule(nn.Module):
-    """Wraps ``loss_fn(model, batch)`` as a module so torch.func can substitute the parameters."""
-
-    def __init__(self, model: nn.Module, loss_fn: Callable):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch):
-        return self.loss_fn(self.model, batch)
 
 
 @dataclass(frozen=True)
@@ -49,38 +36,55 @@ class HessianEstimate(ResultMixin):
 @torch.enable_grad()
 def top_hessian_eigenvalue(model: nn.Module, loss_fn: Callable, batch, params: Sequence[str] | None = None,
                            iters: int = 50, tol: float = 1e-4, seed: int = 0) -> HessianEstimate:
-    """Power iteration v ← Hv/‖Hv‖ with H the Hessian of ``loss_fn`` w.r.t. ``params`` (all if None)."""
-    wrapper = _LossModule(copy.deepcopy(model), loss_fn)
-    named = {f"model.{n}": p.detach() for n, p in wrapper.model.named_parameters()}
-    chosen = [f"model.{n}" for n in params] if params is not None else list(named)
-    fixed = {n: p for n, p in named.items() if n not in chosen}
+    """Power iteration v ← Hv/‖Hv‖ with H the Hessian of ``loss_fn`` w.r.t. ``params`` (all if None).
 
-    def loss_of(free):
-        return functional_call(wrapper, {**fixed, **free}, (batch,))
-
-    primal = {n: named[n] for n in chosen}
+    Hessian-vector products come from double backward through one retained graph of ``loss_fn`` run on a
+    private deep copy of the model (so a forward pass with side effects, such as a call counter or
+    BatchNorm statistics, touches only the copy and is run once)."""
+    private = copy.deepcopy(model)
+    named = dict(private.named_parameters())
+    chosen = list(named) if params is None else list(params)
+    missing = [n for n in chosen if n not in named]
+    if missing:
+        raise KeyError(f"no parameters {missing} in the model")
+    for n, p in named.items():
+        p.requires_grad_(n in chosen)
+    primal = [named[n] for n in chosen]
+    loss = loss_fn(private, batch)
+    grads = torch.autograd.grad(loss, primal, create_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, primal)]
+    differentiable = [g.requires_grad for g in grads]
     gen = torch.Generator().manual_seed(seed)
-    v = {n: torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for n, p in primal.items()}
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in primal]
     v = _normalize(v)
     norm, rayleigh, it, converged = 0.0, 0.0, 0, False
     for it in range(1, iters + 1):
-        _, hv = jvp(grad(loss_of), (primal,), (v,))
-        new_norm = float(torch.sqrt(sum((t * t).sum() for t in hv.values())))
-        rayleigh = float(sum((a * b).sum() for a, b in zip(v.values(), hv.values())))
+        hv = _hvp(grads, primal, v, differentiable)
+        new_norm = float(torch.sqrt(sum((t * t).sum() for t in hv)))
+        rayleigh = float(sum((a * b).sum() for a, b in zip(v, hv)))
         converged = abs(new_norm - norm) <= tol * max(new_norm, 1e-300)
         norm = max(norm, new_norm)
         if new_norm == 0.0:
             converged = True
             break
-        v = {n: t / new_norm for n, t in hv.items()}
+        v = [t / new_norm for t in hv]
         if converged:
             break
-    return HessianEstimate(norm, rayleigh, it, converged, tuple(n[len("model."):] for n in chosen))
+    return HessianEstimate(norm, rayleigh, it, converged, tuple(chosen))
 
 
-def _normalize(v: dict) -> dict:
-    total = torch.sqrt(sum((t * t).sum() for t in v.values()))
-    return {n: t / total for n, t in v.items()}
+def _hvp(grads, primal, v, differentiable):
+    outs = [g for g, d in zip(grads, differentiable) if d]
+    if not outs:
+        return [torch.zeros_like(p) for p in primal]
+    vs = [t for t, d in zip(v, differentiable) if d]
+    hv = torch.autograd.grad(outs, primal, grad_outputs=vs, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if h is None else h.detach() for h, p in zip(hv, primal)]
+
+
+def _normalize(v: list) -> list:
+    total = torch.sqrt(sum((t * t).sum() for t in v))
+    return [t / total for t in v]
 
 
 __all__ = ["HessianEstimate", "top_hessian_eigenvalue"]

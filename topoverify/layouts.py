@@ -11,6 +11,7 @@ Anything else is declared with :func:`explicit_layer`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._results import ResultMixin
-from .errors import LayoutError
+from .errors import LayoutError, UnsupportedError
 
 # Elementwise activations: module types and traced functions/methods, by canonical name.
 ACTIVATION_MODULES: dict[type, str] = {
@@ -197,12 +198,39 @@ def _activation_key(node, modules) -> str:
 
 
 def _trace(model: nn.Module):
+    """Symbolically trace a deep copy of ``model``: tracing runs ``forward``, and a forward with side effects
+    (a call counter, a cache) must never touch the caller's module."""
     try:
-        return torch.fx.symbolic_trace(model)
+        private = copy.deepcopy(model)
+    except Exception as exc:  # deepcopy raises whatever the module's attributes raise
+        raise LayoutError(
+            f"could not copy {type(model).__name__} to trace it ({type(exc).__name__}: {exc}); topoverify "
+            f"never runs your own module. Make the model deep-copyable, or pass an explicit layout.") from None
+    try:
+        return torch.fx.symbolic_trace(private)
     except Exception as exc:  # fx raises many types for untraceable control flow
         raise LayoutError(
             f"could not trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
             + SUPPORTED_TEXT) from None
+
+
+def active_dropout(model: nn.Module) -> list[tuple[str, float]]:
+    """(name, p) of every dropout module of ``model`` that is in training mode with p > 0."""
+    return [(name, float(mod.p)) for name, mod in model.named_modules()
+            if isinstance(mod, nn.modules.dropout._DropoutNd) and mod.training and mod.p > 0]
+
+
+def require_deterministic(model: nn.Module) -> None:
+    """Refuse a model whose forward pass draws dropout masks: its loss is random, so one step is not the
+    deterministic update field of claim T1 and no layout passes the permutation preflight."""
+    active = active_dropout(model)
+    if active:
+        names = ", ".join(f"{n!r} (p={p:g})" for n, p in active)
+        raise UnsupportedError(
+            f"dropout is active in training mode: {names}. Each forward pass draws a fresh per-coordinate "
+            f"mask, so the loss is random and the step is not one deterministic update field (claim T1). "
+            f"Call model.eval() before predicting or verifying (topoverify works on copies, so it never "
+            f"changes your model's mode), or set p=0.")
 
 
 def detect_layers(model: nn.Module) -> list[NeuronLayer]:
@@ -284,7 +312,10 @@ def detect_layers(model: nn.Module) -> list[NeuronLayer]:
 
 
 def resolve_layers(model: nn.Module, layers=None) -> list[NeuronLayer]:
-    """``layers`` as given (validated), a single layer, or detected automatically when ``None``."""
+    """``layers`` as given (validated), a single layer, or detected automatically when ``None``.
+
+    Raises :class:`UnsupportedError` when dropout is active (:func:`require_deterministic`)."""
+    require_deterministic(model)
     if layers is None:
         return detect_layers(model)
     if isinstance(layers, NeuronLayer):
@@ -322,11 +353,7 @@ def member_widths(model: nn.Module, layer: NeuronLayer) -> list[int]:
     return [params[m.name].numel() // layer.size for m in layer.members]
 
 
-def describe_layers(layers: list[NeuronLayer]) -> str:
-    return "\n".join(str(layer) for layer in layers)
-
-
 __all__ = [
     "ParamAxis", "NeuronLayer", "explicit_layer", "validate_layer", "detect_layers", "resolve_layers",
-    "neuron_cloud", "neuron_blocks", "member_widths", "describe_layers", "SUPPORTED_TEXT",
+    "neuron_cloud", "neuron_blocks", "member_widths", "active_dropout", "require_deterministic", "SUPPORTED_TEXT",
 ]

@@ -9,6 +9,7 @@ functions return permuted deep copies.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -53,24 +54,110 @@ def permute_tensor(t: torch.Tensor, member: ParamAxis, perm: torch.Tensor) -> to
     return t.index_select(member.axis, block_index(perm, member.block).to(t.device))
 
 
-def _permute_like_param(value: torch.Tensor, param: torch.Tensor, member: ParamAxis, perm: torch.Tensor):
-    """Permute an optimizer-state tensor that is shaped like its parameter (or a reduction of it)."""
-    if value.shape == param.shape:
-        return permute_tensor(value, member, perm)
-    extent = param.shape[member.axis]
-    if value.dim() == param.dim():  # keepdim reductions (e.g. factored second moments)
-        if value.shape[member.axis] == extent:
-            return permute_tensor(value, member, perm)
-        if value.shape[member.axis] == 1:
-            return value
-    elif value.dim() == param.dim() - 1:  # one axis reduced away
+def _permute_axes(t: torch.Tensor, axes: Sequence[int], block: int, perm: torch.Tensor) -> torch.Tensor:
+    idx = block_index(perm, block).to(t.device)
+    for axis in axes:
+        t = t.index_select(axis, idx)
+    return t
+
+
+def _symmetric(t: torch.Tensor) -> bool:
+    """Is a square matrix symmetric up to the round-off of an iterative matrix function (a covariance, an
+    inverse root of one): asymmetry within sqrt(eps) of its largest entry?"""
+    if not t.is_floating_point():
+        return bool(torch.equal(t, t.mT))
+    scale = float(t.detach().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()) if t.numel() else 0.0
+    gap = float((t - t.mT).detach().abs().nan_to_num(nan=math.inf).max()) if t.numel() else 0.0
+    return gap <= math.sqrt(torch.finfo(t.dtype).eps) * scale
+
+
+def _diagonal(t: torch.Tensor) -> bool:
+    return bool(torch.equal(t, torch.diag_embed(torch.diagonal(t))))
+
+
+def _orthonormal(t: torch.Tensor, unit: bool = False) -> bool:
+    """Does a matrix have orthonormal columns or rows, up to a common scale (an eigenbasis, a projection
+    from an SVD, a reflection; ``c·I`` too)? With ``unit``, the scale must be 1 and a single unit vector
+    (``n x 1``) counts too."""
+    if t.dim() != 2 or not t.is_floating_point() or min(t.shape) < (1 if unit else 2):
+        return False
+    tol = max(1e-3, math.sqrt(torch.finfo(t.dtype).eps))  # a basis may be computed in a lower precision
+    t = t.detach().to(torch.float64)
+    for g in (t.mT @ t, t @ t.mT) if t.shape[0] != t.shape[1] else (t.mT @ t,):
+        if g.shape[0] == max(t.shape) and min(t.shape) < g.shape[0]:
+            continue  # the Gram matrix of the longer side has low rank
+        c = float(torch.diagonal(g).mean())
+        if c > 0 and (not unit or abs(c - 1) <= tol) and \
+                float((g - c * torch.eye(g.shape[0], dtype=g.dtype)).abs().max()) <= tol * c:
+            return True
+    return False
+
+
+def state_readings(value: torch.Tensor, param: torch.Tensor, member: ParamAxis | None, perm: torch.Tensor,
+                   flat_idx: torch.Tensor | None = None) -> list[tuple[str, torch.Tensor]]:
+    """Every way an optimizer-state tensor of ``param`` can move when ``member``'s neurons are permuted by
+    ``perm``, as ``(reading, permuted value)`` pairs; an empty list when its shape says nothing about it.
+
+    Readings: shaped like the parameter (possibly with singleton axes inserted: ``(n,)`` stored as
+    ``(n, 1)``); a keepdim reduction (every axis that of the parameter or 1); the parameter with one axis
+    reduced away; a symmetric matrix over an axis of the parameter (``P S Pᵀ`` over the permuted axis, unchanged
+    over another), unless it is orthogonal up to scale (``c·I`` or a reflection: then it may as well be an
+    eigenbasis, whose columns the permutation does not fix); a flat vector over the whole param group
+    (``flat_idx``). One-element and empty tensors
+    do not move. A shape can admit several readings (a square weight's row and column statistics, or its
+    left and right preconditioners): every distinct one is returned, the most specific first. ``member`` is
+    ``None`` for a parameter outside the layer: its state does not move, except a flat vector over the group.
+    """
+    if value.numel() <= 1:
+        return [("one element or empty", value)]
+    out: list[tuple[str, torch.Tensor]] = []
+    if member is None:
+        if flat_idx is not None and value.dim() == 1 and value.numel() == flat_idx.numel():
+            return [("flat over the param group", value.index_select(0, flat_idx.to(value.device)))]
+        return [("outside the layer", value)]
+    pshape, vshape, axis = tuple(param.shape), tuple(value.shape), member.axis
+    n = pshape[axis]
+    if vshape == pshape:
+        out.append(("shaped like the parameter", permute_tensor(value, member, perm)))
+    elif value.numel() == param.numel() and [s for s in vshape if s != 1] == [s for s in pshape if s != 1]:
+        k = sum(1 for s in pshape[:axis] if s != 1)  # the permuted axis among the non-singleton axes
+        vaxis = [i for i, s in enumerate(vshape) if s != 1][k]
+        out.append(("the parameter with singleton axes", permute_tensor(value, ParamAxis(member.name, vaxis,
+                                                                                        member.block), perm)))
+    if value.dim() == param.dim() and vshape != pshape and all(v in (p, 1) for v, p in zip(vshape, pshape)):
+        out.append(("keepdim reduction", permute_tensor(value, member, perm) if vshape[axis] == n else value))
+    if value.dim() == param.dim() - 1:
         for dropped in range(param.dim()):
-            kept = [s for k, s in enumerate(param.shape) if k != dropped]
-            if list(value.shape) == kept:
-                if dropped == member.axis:
-                    return value
-                axis = member.axis - (1 if dropped < member.axis else 0)
-                return permute_tensor(value, ParamAxis(member.name, axis, member.block), perm)
+            if vshape == pshape[:dropped] + pshape[dropped + 1:]:
+                if dropped == axis:
+                    out.append((f"reduction over axis {dropped}", value))
+                else:
+                    vaxis = axis - (1 if dropped < axis else 0)
+                    out.append((f"reduction over axis {dropped}",
+                                permute_tensor(value, ParamAxis(member.name, vaxis, member.block), perm)))
+    square = value.dim() == 2 and vshape[0] == vshape[1] and vshape[0] in pshape
+    if square and _orthonormal(value) and _diagonal(value):
+        out.append(("a multiple of the identity", value))
+    elif square and _symmetric(value) and not _orthonormal(value):
+        for a, size in enumerate(pshape):
+            if size == vshape[0]:
+                out.append((f"symmetric matrix over axis {a}",
+                            _permute_axes(value, (0, 1), member.block, perm) if a == axis else value))
+    if flat_idx is not None and value.dim() == 1 and value.numel() == flat_idx.numel():
+        out.append(("flat over the param group", value.index_select(0, flat_idx.to(value.device))))
+    distinct: list[tuple[str, torch.Tensor]] = []
+    for name, v in out:
+        if not any(u.shape == v.shape and torch.equal(u, v) for _, u in distinct):
+            distinct.append((name, v))
+    return distinct
+
+
+def _permute_like_param(value: torch.Tensor, param: torch.Tensor, member: ParamAxis, perm: torch.Tensor,
+                        flat_idx: torch.Tensor | None = None):
+    """Permute an optimizer-state tensor by its first reading (:func:`state_readings`)."""
+    readings = state_readings(value, param, member, perm, flat_idx)
+    if readings:
+        return readings[0][1]
     raise LayoutError(f"optimizer state of parameter {member.name!r} has a tensor of shape "
                       f"{tuple(value.shape)} that does not match the parameter's shape {tuple(param.shape)}; "
                       f"topoverify cannot tell how it moves with the neurons.")
@@ -91,22 +178,20 @@ def flat_permutation(named_params: Sequence[tuple[str, torch.Tensor]], layer: Ne
 
 
 def permute_state_value(value, param, member, perm, flat_idx):
-    """Permute one optimizer-state entry of ``param``: param-shaped tensors (and keepdim reductions), flat
-    vectors over the whole group (``flat_idx``), and lists, tuples and dicts of them. ``member`` is the
-    parameter's :class:`ParamAxis` in the layer, or ``None`` if the parameter is not in the layer."""
+    """Permute one optimizer-state entry of ``param``: by the first of its :func:`state_readings` (shaped like
+    the parameter, reductions of it, symmetric matrices over its axes, flat vectors over the whole group via
+    ``flat_idx``), and lists, tuples and dicts of them. ``member`` is the parameter's :class:`ParamAxis` in the
+    layer, or ``None`` if the parameter is not in the layer. Raises :class:`LayoutError` for a tensor whose
+    shape admits no reading."""
     if isinstance(value, (list, tuple)):
         return type(value)(permute_state_value(v, param, member, perm, flat_idx) for v in value)
     if isinstance(value, dict):
         return {k: permute_state_value(v, param, member, perm, flat_idx) for k, v in value.items()}
-    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.numel() == 1:
-        return value  # scalars (step counts, one-element statistics) do not move with neurons
-    if member is not None and value.shape == param.shape:
-        return permute_tensor(value, member, perm)
-    if flat_idx is not None and value.dim() == 1 and value.numel() == flat_idx.numel():
-        return value.index_select(0, flat_idx.to(value.device))
-    if member is not None:
-        return _permute_like_param(value, param, member, perm)
-    return value
+    if not isinstance(value, torch.Tensor):
+        return value  # python scalars (step counts, flags) do not move with neurons
+    if member is None:
+        return state_readings(value, param, None, perm, flat_idx)[0][1]
+    return _permute_like_param(value, param, member, perm, flat_idx)
 
 
 def _apply_in_place(model: nn.Module, optimizer: torch.optim.Optimizer | None, layer: NeuronLayer,
@@ -181,18 +266,31 @@ def preflight(model: nn.Module, layers: Sequence[NeuronLayer], loss_fn: Callable
                           f"each with the axis that indexes the neurons.")
 
 
+ROUNDOFF_ULPS = 1000  # gradients below this many ulps of the largest gradient of the model are round-off
+
+
 def _is_symmetry(model, layer, perm, loss_fn, batch, base, tol):
+    """Does permuting ``layer`` by ``perm`` keep the loss and permute every gradient? Each gradient is compared
+    relative to its own size, with an absolute floor of ``ROUNDOFF_ULPS`` ulps of the largest gradient entry
+    of the whole model: a gradient that is zero in exact arithmetic (the bias of a layer followed by
+    BatchNorm) is round-off, whose relative error means nothing."""
     base_loss, base_grads = base
     loss, grads = _loss_and_grads(permute(model, layer, perm), loss_fn, batch)
     members = {m.name: m for m in layer.members}
     if not abs(loss - base_loss) <= 10 * tol * max(1.0, abs(base_loss)):
         return False, f"changes the loss ({base_loss:.6g} -> {loss:.6g})"
+    overall = max((float(g.abs().max()) for g in base_grads.values() if g.numel()), default=0.0)
     for name, g in base_grads.items():
         expected = permute_tensor(g, members[name], perm) if name in members else g
-        err = (grads[name] - expected).abs().max().item() / max(expected.abs().max().item(), 1e-30)
-        if err > 100 * tol:
+        if not expected.numel():
+            continue
+        diff = float((grads[name] - expected).abs().max())
+        size = float(expected.abs().max())
+        floor = ROUNDOFF_ULPS * torch.finfo(expected.dtype).eps * overall
+        if diff > 100 * tol * size + floor:
             return False, (f"keeps the loss but the gradient of {name!r} does not follow the permutation "
-                           f"(relative error {err:.2e})")
+                           f"(relative error {diff / max(size, 1e-300):.2e}; the gradient's largest entry is "
+                           f"{size:.3g}, the model's {overall:.3g})")
     return True, ""
 
 
@@ -240,5 +338,5 @@ def _loss_and_grads(model, loss_fn, batch):
                                   for n, g in zip(names, grads)}
 
 
-__all__ = ["permute_state_value", "as_permutation", "inverse_permutation", "transposition", "permute", "permute_tensor",
+__all__ = ["permute_state_value", "state_readings", "as_permutation", "inverse_permutation", "transposition", "permute", "permute_tensor",
            "flat_permutation", "preflight", "block_index"]

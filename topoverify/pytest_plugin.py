@@ -7,9 +7,11 @@
           topoverify_check(MyOptimizer, optimizer_kwargs={"lr": 1e-3})
 
   ``topoverify_check.symmetry(make_optimizer, **options)`` asserts T6 (identical neurons stay identical).
-- Option ``--topoverify-optimizer MODULE:CALLABLE`` (with ``--topoverify-kwargs JSON`` and
-  ``--topoverify-examples N``) adds the packaged checks against that rule to the session: the equivariance
-  check and the T6 check (neurons that start identical stay identical after every step).
+- Option ``--topoverify-optimizer MODULE:CALLABLE`` (with ``--topoverify-kwargs JSON``,
+  ``--topoverify-examples N`` and ``--topoverify-timeout SECONDS``) adds the packaged checks against that rule
+  to the session: the equivariance check and the T6 check (neurons that start identical stay identical after
+  every step). Each passes only on ``equivariant`` / ``holds``; the report (with what the verdict covers) is
+  attached to the test item as the user property ``topoverify_report``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def pytest_addoption(parser):
                     help="constructor keyword arguments for --topoverify-optimizer (a JSON object)")
     group.addoption("--topoverify-examples", type=int, default=10, metavar="N",
                     help="examples for the packaged equivariance check (default 10)")
+    group.addoption("--topoverify-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="time limit per example of the packaged checks (default 60; 0 for none)")
 
 
 class _Checker:
@@ -65,17 +69,18 @@ class TopoverifyCheckError(Exception):
 class TopoverifyItem(pytest.Item):
     """One packaged check against ``--topoverify-optimizer``."""
 
-    def __init__(self, *, check: str, spec: str, kwargs: dict, examples: int, **kw):
+    def __init__(self, *, check: str, spec: str, kwargs: dict, examples: int, timeout: float | None = None, **kw):
         super().__init__(**kw)
-        self.check, self.spec, self.kwargs, self.examples = check, spec, kwargs, examples
+        self.check, self.spec, self.kwargs, self.examples, self.timeout = check, spec, kwargs, examples, timeout
 
     def runtest(self):
         from .equivariance import check_identical_neurons, equivariance_error
         make_optimizer = load_callable(self.spec)
         if self.check == "equivariance":
-            rep = equivariance_error(make_optimizer, optimizer_kwargs=self.kwargs, examples=self.examples)
+            rep = equivariance_error(make_optimizer, optimizer_kwargs=self.kwargs, examples=self.examples,
+                                     timeout=self.timeout)
         else:
-            rep = check_identical_neurons(make_optimizer, optimizer_kwargs=self.kwargs)
+            rep = check_identical_neurons(make_optimizer, optimizer_kwargs=self.kwargs, timeout=self.timeout)
         self.user_properties.append(("topoverify_report", rep.to_dict()))
         if not rep.ok:
             raise TopoverifyCheckError(str(rep))
@@ -100,6 +105,10 @@ def pytest_collection_modifyitems(session, config, items):
     if not isinstance(kwargs, dict):
         raise pytest.UsageError("--topoverify-kwargs must be a JSON object")
     examples = config.getoption("--topoverify-examples")
+    timeout = config.getoption("--topoverify-timeout")
+    if not timeout >= 0:
+        raise pytest.UsageError(f"--topoverify-timeout must be a number of seconds >= 0 (0: none), got {timeout}")
     for check in ("equivariance", "identical_neurons"):
         items.append(TopoverifyItem.from_parent(session, name=f"topoverify[{check}:{spec}]", check=check,
-                                                spec=spec, kwargs=kwargs, examples=examples))
+                                                spec=spec, kwargs=kwargs, examples=examples,
+                                                timeout=timeout or None))

@@ -15,7 +15,9 @@ outgoing weight column). ``d_in`` is chosen so that d accommodates the shape's e
 * ``two_circles``: 128 tanh neurons, (w, b) on two disjoint circles (radius 0.6, centres 2 radii apart from
   each other's rims), a = 0.5; same data. (β0, β1) = (2, 2).
 * ``figure_eight``: 128 tanh neurons, (w, b) on a wedge of two circles of radius 0.6, a = 0.5; same data.
-  (β0, β1) = (1, 2).
+  (β0, β1) = (1, 2). ``aspect`` > 1 makes the lobes thin (length ``aspect`` times the width): their loops are
+  then far above the noise but below log 2 in log-persistence, and the scenario's ``rule`` is ``"gap"``
+  (e.g. 512 neurons at aspect 8: log-persistence 0.65 and 0.47 over noise <= 0.03).
 * ``sphere``: 300 tanh neurons in R^18 (d_in = 16, bias, d_out = 1) on a round S² of radius 1 through a random
   isometric embedding; teacher-regression data in R^16. (β0, β1, β2) = (1, 0, 1).
 * ``torus``: 600 tanh neurons on the flat torus (cos u, sin u, cos v, sin v) in R^4 (d_in = 2, bias,
@@ -63,6 +65,8 @@ class Scenario:
     ``expected_betti`` = (β0, ..., β_maxdim) of the initial cloud under
     :func:`topoverify.topology.robust_betti`; ``n_perm`` the landmark count for persistence (None: all
     neurons). ``layer`` names the neuron layer whose cloud carries the shape (None: the first detected).
+    ``rule``: the robust Betti rule under which ``expected_betti`` holds (``"log2"``, or ``"gap"`` for thin
+    shapes; see :func:`topoverify.topology.robust_betti`), used by :func:`topoverify.sweep` by default.
     """
 
     name: str
@@ -75,6 +79,7 @@ class Scenario:
     n_perm: int | None = None
     layer: str | None = None
     batches: Callable[[int], tuple] | None = None
+    rule: str = "log2"
 
     def model(self) -> nn.Module:
         return self.make_model()
@@ -170,7 +175,7 @@ default_scenario = circle_scenario
 # ----------------------------------------------------------------------------------------------------------
 
 def _planar_scenario(name: str, pts, a: float, n_data: int, dtype: torch.dtype, shape: str,
-                     expected_betti: tuple[int, ...]) -> Scenario:
+                     expected_betti: tuple[int, ...], rule: str = "log2") -> Scenario:
     """A 2-layer tanh MLP whose (w_i, b_i) are the planar points ``pts`` and a_i = a; sin(2x) data, MSE."""
     cloud = _shift_a(pts, a)
     return Scenario(
@@ -179,7 +184,7 @@ def _planar_scenario(name: str, pts, a: float, n_data: int, dtype: torch.dtype, 
         batch=_sin_data(n_data, dtype), loss_fn=mse_loss,
         description=f"2-layer tanh MLP, {len(pts)} neurons with (w, b) on {shape}, a = {a}; sin(2x) on "
                     f"{n_data} points; MSE.",
-        expected_betti=expected_betti)
+        expected_betti=expected_betti, rule=rule)
 
 
 def two_circles_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_data: int = 200,
@@ -191,11 +196,14 @@ def two_circles_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_da
 
 
 def figure_eight_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_data: int = 200,
-                          seed: int = 0, dtype: torch.dtype = torch.float64) -> Scenario:
-    """A figure-eight (wedge of two circles of ``radius``) in the (w, b) plane, a_i = a; sin(2x) data."""
-    pts = _clouds.figure_eight(n, radius=radius, ambient_dim=2, seed=seed, rotate=False)
-    return _planar_scenario("figure_eight", pts, a, n_data, dtype,
-                            f"a figure-eight of two circles of radius {radius}", (1, 2))
+                          seed: int = 0, dtype: torch.dtype = torch.float64, aspect: float = 1.0) -> Scenario:
+    """A figure-eight (wedge of two circles of ``radius``) in the (w, b) plane, a_i = a; sin(2x) data.
+    ``aspect`` > 1: lobes ``aspect`` times longer than wide, tracked with ``rule="gap"``."""
+    pts = _clouds.figure_eight(n, radius=radius, ambient_dim=2, seed=seed, rotate=False, aspect=aspect)
+    shape = (f"a figure-eight of two circles of radius {radius}" if aspect == 1 else
+             f"a thin figure-eight (lobes {2 * radius:g} long, {aspect:g} times longer than wide)")
+    return _planar_scenario("figure_eight", pts, a, n_data, dtype, shape, (1, 2),
+                            rule="log2" if aspect == 1 else "gap")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -2,16 +2,20 @@
 
 ``equivariance_error(make_optimizer, **options) -> EquivarianceReport`` runs a learning rule on small
 networks and on copies with a layer's neurons permuted, and reports whether the permuted run follows the
-permutation (parameters and optimizer state, after every step). ``assert_equivariant`` raises a readable
+permutation (the parameters, and the optimizer state where the permutation's action on it is known, after
+every step), with what the verdict rests on (``report.coverage``). ``assert_equivariant`` raises a readable
 ``AssertionError`` unless the verdict is ``"equivariant"``. ``check_identical_neurons`` checks T6.
 
 Modules: :mod:`.report` (result dataclasses), :mod:`.runner` (one example as a plain function),
-:mod:`.search` (the Hypothesis driver and verdicts).
+:mod:`.state` (how optimizer state moves with the neurons), :mod:`.search` (the Hypothesis driver),
+:mod:`.verdict` (coverage and verdicts), :mod:`.limits` (time limits, Ctrl-C).
 """
 
-from .report import VERDICTS, Counterexample, EquivarianceReport, Mismatch, SymmetryReport
+from .limits import Interrupted
+from .report import VERDICTS, Counterexample, Coverage, EquivarianceReport, Mismatch, SymmetryReport
 from .runner import fixed_permutations, run_example
 from .search import assert_equivariant, check_identical_neurons, equivariance_error
 
 __all__ = ["equivariance_error", "assert_equivariant", "check_identical_neurons", "EquivarianceReport",
-           "Counterexample", "Mismatch", "SymmetryReport", "VERDICTS", "run_example", "fixed_permutations"]
+           "Counterexample", "Coverage", "Mismatch", "SymmetryReport", "VERDICTS", "Interrupted", "run_example",
+           "fixed_permutations"]

@@ -8,6 +8,7 @@ from typing import Any
 from .._results import ResultMixin, fmt
 
 VERDICTS = ("equivariant", "not_equivariant", "stochastic", "inconclusive", "error")
+MIN_COMPARED_FRACTION = 0.5  # an "equivariant" verdict needs at least this fraction of examples compared
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,23 @@ class Counterexample(ResultMixin):
     data_seed: int = 0
     dtype: str = "float64"
     detail: str = ""
+    # when ``key`` is optimizer state: did the parameter trajectories of the same permuted run depart too?
+    # (``None`` when ``key`` is a parameter); ``parameter_step``/``parameter_key`` say where they did,
+    # ``parameter_steps_matched`` how many steps they followed the permutation
+    parameters_differ: bool | None = None
+    parameter_step: int | None = None
+    parameter_key: str = ""
+    parameter_steps_matched: int = 0
+
+    def parameters_text(self) -> str:
+        """One sentence on the parameter trajectories when the counterexample is on optimizer state."""
+        if self.parameters_differ is None:
+            return ""
+        if self.parameters_differ:
+            return (f"the parameter trajectories depart as well: {self.parameter_key} at step "
+                    f"{self.parameter_step}.")
+        return (f"the parameter trajectories followed the permutation over the {self.parameter_steps_matched} "
+                f"step(s) compared: the departure is in the optimizer state only.")
 
     def __str__(self) -> str:
         lines = [
@@ -87,9 +105,56 @@ class Counterexample(ResultMixin):
         if self.duplicate:
             setup.append("neuron 1 starts as a copy of neuron 0")
         lines.append("setup: " + ", ".join(setup))
+        if self.parameters_differ is not None:
+            lines.append(f"parameters: {self.parameters_text()}")
         if self.detail:
             lines.append(f"detail: {self.detail}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Coverage(ResultMixin):
+    """What a verdict of :func:`~topoverify.equivariance_error` rests on.
+
+    ``examples`` generated (shrinking reruns not counted); ``compared``: completed and compared at one step
+    at least (a failing example counts); ``errored``: the rule raised, diverged, or the example could not be
+    built; ``uncompared``: completed, but the rule amplifies round-off beyond the tolerance from step 1.
+    ``by_dtype``: compared examples per parameter dtype, of the ``dtypes`` searched. ``large``: compared
+    examples with a parameter tensor of more than ``large_tensor`` entries; ``largest_tensor``: the largest
+    such tensor compared. ``state_not_compared``: optimizer-state entries (by name) whose action under the
+    permutation is not known from their shape, with the reason; on those examples the verdict rests on the
+    parameters and the other state. An ``equivariant`` verdict needs ``fraction >= min_fraction``."""
+
+    examples: int = 0
+    compared: int = 0
+    errored: int = 0
+    uncompared: int = 0
+    by_dtype: dict[str, int] = field(default_factory=dict)
+    dtypes: tuple[str, ...] = ()
+    large: int = 0
+    large_tensor: int = 256
+    largest_tensor: int = 0
+    state_not_compared: dict[str, str] = field(default_factory=dict)
+    min_fraction: float = 0.5
+
+    @property
+    def fraction(self) -> float:
+        return self.compared / self.examples if self.examples else 0.0
+
+    def dtype_text(self) -> str:
+        return ", ".join(f"{d} {self.by_dtype.get(d, 0)}" for d in self.dtypes)
+
+    def __str__(self) -> str:
+        parts = [f"{self.compared} of {self.examples} examples compared ({100 * self.fraction:.0f}%"
+                 + (f"; {self.errored} errored" if self.errored else "")
+                 + (f"; {self.uncompared} not comparable at any step" if self.uncompared else "") + ")",
+                 f"by dtype: {self.dtype_text()}",
+                 f"{self.large} with a parameter tensor above {self.large_tensor} entries (largest compared: "
+                 f"{self.largest_tensor})"]
+        if self.state_not_compared:
+            parts.append("state not compared: " + "; ".join(f"{k} ({v})" for k, v in
+                                                            sorted(self.state_not_compared.items())))
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -98,8 +163,9 @@ class EquivarianceReport(ResultMixin):
 
     ``verdict``: ``"equivariant"``, ``"not_equivariant"`` (see ``counterexample``), ``"stochastic"`` (the rule
     draws its own randomness and fails under shared seeds: equivariant at most in distribution),
-    ``"inconclusive"`` (parameters never moved, or no example could be completed) or ``"error"`` (the
-    optimizer cannot be built or stepped; see ``message``).
+    ``"inconclusive"`` (parameters never moved, too few examples could be compared - see ``coverage`` - or
+    the search was interrupted) or ``"error"`` (the optimizer cannot be built or stepped, or an example ran
+    past the time limit; see ``message``).
     """
 
     verdict: str
@@ -122,6 +188,11 @@ class EquivarianceReport(ResultMixin):
     errors: tuple[str, ...] = ()
     seed: int = 0
     elapsed_s: float = 0.0
+    coverage: Coverage | None = None
+    dtypes: tuple[str, ...] = ()
+    rtols: dict[str, float] = field(default_factory=dict)
+    timeout_s: float | None = None
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -132,9 +203,14 @@ class EquivarianceReport(ResultMixin):
         lines = [head, f"  {self.message}"]
         lines.append(f"  {self.examples_run} examples ({self.examples_errored} errored, {self.examples_moved} "
                      f"moved the parameters), {self.permutations_checked} permuted runs of {self.steps} steps, "
-                     f"{self.dtype} (computes in {self.compute_dtype}), rtol {fmt(self.rtol, 2)}, "
-                     f"largest passing relative error {fmt(self.max_relative_error, 3)}, "
+                     f"{'/'.join(self.dtypes) or self.dtype} ({self.dtype} computes in {self.compute_dtype}), "
+                     f"rtol {', '.join(f'{fmt(v, 2)} ({k})' for k, v in self.rtols.items()) or fmt(self.rtol, 2)}, "
+                     f"largest passing relative error in {self.dtype} {fmt(self.max_relative_error, 3)}, "
                      f"{self.elapsed_s:.2f} s, seed {self.seed}")
+        if self.coverage is not None:
+            lines.append(f"  coverage: {self.coverage}")
+        if self.interrupted:
+            lines.append("  interrupted (Ctrl-C): a partial verdict on the examples run so far")
         if self.counterexample is not None:
             lines.append("  counterexample:")
             lines += ["    " + line for line in str(self.counterexample).splitlines()]

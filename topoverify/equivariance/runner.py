@@ -1,7 +1,8 @@
 """One equivariance example as a plain function (no Hypothesis): run a learning rule on a model and on a
-permuted copy with the same data, and compare the permuted run against the permutation of the original run,
-parameters and optimizer state, after every step (THEORY "Objects": U(Pθ, Ps; ξ) = P U(θ, s; ξ),
-S(Pθ, Ps; ξ) = P S(θ, s; ξ)).
+permuted copy with the same data, and compare the permuted run against the permutation of the original run
+after every step: the parameters, and the optimizer state where the permutation's action on it is known from
+its shape (:mod:`.state`; other entries are reported as not compared) (THEORY "Objects":
+U(Pθ, Ps; ξ) = P U(θ, s; ξ), S(Pθ, Ps; ξ) = P S(θ, s; ξ)).
 
 Errors are measured on the *movement*: for parameters the tolerance scales with max |θ_t − θ_0| of the
 tensor (so a relative 1e-7 error in a float64 update is caught although it is 1e-10 of the parameter), plus
@@ -25,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import LayoutError
 from ..layouts import NeuronLayer, detect_layers, neuron_blocks
-from ..permute import as_permutation, flat_permutation, permute, permute_state_value, permute_tensor
+from ..permute import as_permutation, flat_permutation, permute, permute_tensor
 from ..strategies.models import ArchSpec, TrainingExample, make_batch, param_groups
+from .limits import check_deadline
 from .report import Mismatch
+from .state import Basis, Readings, Uncompared, expected_state, has_basis, state_name
 
 # Default relative tolerances by the lowest floating precision the rule computes in. Calibrated on every
 # torch.optim rule (benchmarks/results/equivariance.md): honest float64 reordering error stays below ~1e-12
@@ -58,6 +60,8 @@ class OptimizerSetup:
 
     kwargs: dict[str, Any] = field(default_factory=dict)
     two_d_only: bool = False
+    group_flag: str | None = None  # a param-group convention the rule needs ("use_muon")
+    one_group: bool = False  # the rule accepts a single param group only (LBFGS): examples use one
     create_graph: bool = False
     use_closure: bool = True
     dtype: torch.dtype = torch.float64
@@ -72,10 +76,6 @@ class OptimizerFailure(Exception):
     def __init__(self, phase: str, exc: BaseException):
         self.phase, self.exc = phase, exc
         super().__init__(f"{phase}: {type(exc).__name__}: {exc}")
-
-
-class UnmappableState(Exception):
-    """An optimizer-state tensor whose relation to the neurons cannot be inferred from its shape."""
 
 
 class NonFinite(Exception):
@@ -115,9 +115,25 @@ def build_optimizer(make_optimizer: Callable, model: nn.Module, groups: str, set
             if n not in names:
                 p.requires_grad_(False)
     try:
-        return make_optimizer(param_groups(model, groups, names), **setup.kwargs)
+        return make_optimizer(param_groups(model, "one" if setup.one_group else groups, names, setup.group_flag),
+                              **setup.kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure of user code is reported
         raise OptimizerFailure("cannot be built", exc) from exc
+
+
+def _accepts_groups(make_optimizer: Callable, model: nn.Module, setup: OptimizerSetup, batches) -> str | None:
+    """``None`` if the rule builds and steps with two param groups (weights, biases), else why not."""
+    if setup.group_flag is not None:
+        return None  # the convention sets the groups
+    trial = copy.deepcopy(model)
+    try:
+        opt = build_optimizer(make_optimizer, trial, "weights_biases", setup)
+        with seeded(0):
+            for x, y in batches:
+                take_step(trial, opt, x, y, setup)
+    except OptimizerFailure as exc:
+        return str(exc)
+    return None
 
 
 @contextlib.contextmanager
@@ -161,9 +177,10 @@ def take_step(model: nn.Module, opt, x, y, setup: OptimizerSetup, grad_noise=Non
     """One optimizer step on the batch ``(x, y)``. ``grad_noise(model)``, if given, perturbs the gradients
     after every backward (the rounding-noise probe of :func:`noise_floors`)."""
     def closure():
-        opt.zero_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward(create_graph=setup.create_graph)
+        with torch.enable_grad():  # some rules call the closure under no_grad (AliG)
+            opt.zero_grad()
+            loss = loss_fn(model, x, y)
+            loss.backward(create_graph=setup.create_graph)
         if grad_noise is not None:
             grad_noise(model)
         return loss
@@ -231,8 +248,10 @@ def snapshot(model: nn.Module, opt) -> Snapshot:
 
 
 def permute_snapshot(snap: Snapshot, layer: NeuronLayer, perm: torch.Tensor) -> Snapshot:
-    """``snap`` with ``layer``'s neurons permuted: member parameters and the state that follows them
-    (param-shaped tensors, keepdim reductions, flat per-group vectors), via :mod:`topoverify.permute`."""
+    """``snap`` with ``layer``'s neurons permuted: member parameters, and the state where the permutation's
+    action on it is known (:func:`~topoverify.equivariance.state.expected_state`: param-shaped tensors,
+    reductions, symmetric matrices over an axis, flat per-group vectors); other state entries become
+    :class:`~topoverify.equivariance.state.Uncompared` markers."""
     members = {m.name: m for m in layer.members}
     params = {n: (permute_tensor(t, members[n], perm) if n in members else t) for n, t in snap.params.items()}
     flat = {}
@@ -245,16 +264,9 @@ def permute_snapshot(snap: Snapshot, layer: NeuronLayer, perm: torch.Tensor) -> 
         if pname is None or pname not in snap.params:
             state[key] = (pname, value)
         else:
-            state[key] = (pname, _map_state(value, snap.params[pname], members.get(pname), perm, flat.get(pname)))
+            state[key] = (pname, expected_state(value, snap.params[pname], members.get(pname), perm,
+                                                flat.get(pname)))
     return Snapshot(params, state, snap.groups)
-
-
-def _map_state(value, param, member, perm, flat_idx):
-    """:func:`topoverify.permute.permute_state_value`, with an unmappable entry reported as such."""
-    try:
-        return permute_state_value(value, param, member, perm, flat_idx)
-    except LayoutError as exc:
-        raise UnmappableState(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -324,6 +336,7 @@ class Comparator:
         self.recorded: dict[tuple[int, str], float] = {}
         self.family_scale: dict[str, float] = {}
         self.soft: list[Mismatch] = []
+        self.uncompared: dict[str, str] = {}  # state entry name -> why it could not be compared
         self._soft = 0  # > 0 while checking entries that are judged softly (history lists)
         # (step, key family) -> largest deviation relative to the tensor's scale, passing or not (used to
         # measure how far perturbed unpermuted runs separate: :func:`rounding_sensitivity`)
@@ -338,6 +351,9 @@ class Comparator:
             e = expected.params[name]
             scale = float((e - expected_initial[name]).abs().max()) if e.numel() else 0.0
             self._check(out, step, f"param {name}", "param", a, e, scale, self.members.get(name), e.shape)
+        # parameters for which the rule keeps a basis of its own: their other state may live in that basis
+        basis = {pname: state_name(f"state {key}") for key, (pname, v) in expected.state.items()
+                 if pname is not None and has_basis(v)}
         for key in sorted(set(actual.state) | set(expected.state)):
             if key not in actual.state or key not in expected.state:
                 where = "permuted run" if key not in actual.state else "original run"
@@ -348,6 +364,23 @@ class Comparator:
             _, ev = expected.state[key]
             member = self.members.get(pname) if pname else None
             shape = expected.params[pname].shape if pname in expected.params else None
+            if isinstance(ev, Basis):
+                trial: list[Mismatch] = []
+                self._check_value(trial, step, f"state {key}", av, ev.expected, member, shape)
+                if trial:
+                    self.uncompared.setdefault(state_name(f"state {key}"), (
+                        "an orthonormal matrix shaped like its parameter that does not follow the neurons (a basis "
+                        "of the rule's own: its columns follow eigenvalues or singular values, with signs of the "
+                        "solver's choosing)"))
+                continue
+            if pname in basis and not has_basis(ev):
+                trial = []
+                self._check_value(trial, step, f"state {key}", av, ev, member, shape)
+                if trial:
+                    self.uncompared.setdefault(state_name(f"state {key}"), (
+                        f"does not follow the neurons, and the rule keeps a basis of its own for the same "
+                        f"parameter ({basis[pname]}), in which this entry may be expressed"))
+                continue
             self._check_value(out, step, f"state {key}", av, ev, member, shape)
         return out
 
@@ -356,6 +389,12 @@ class Comparator:
             out.append(mismatch)
 
     def _check_value(self, out, step, key, av, ev, member, shape, scale=None):
+        if isinstance(ev, Uncompared):
+            self.uncompared.setdefault(state_name(key), ev.reason)
+            return
+        if isinstance(ev, Readings):
+            self._check_readings(out, step, key, av, ev, member, shape, scale)
+            return
         if isinstance(av, torch.Tensor) and isinstance(ev, torch.Tensor):
             if av.shape != ev.shape:
                 self._fail(out, Mismatch(step, key, "state", math.inf, self.rtol, math.inf, 0.0,
@@ -363,8 +402,11 @@ class Comparator:
                 return
             if not (av.is_floating_point() or av.is_complex()):
                 if not torch.equal(av, ev):
-                    self._fail(out, Mismatch(step, key, "state", math.inf, 0.0, math.inf, 0.0,
-                                             detail="integer/bool state differs"))
+                    diff = (av.to(torch.float64) - ev.to(torch.float64)).abs()
+                    size = float(ev.to(torch.float64).abs().max()) if ev.numel() else 0.0
+                    self._fail(out, Mismatch(step, key, "state", float(diff.max()) / max(size, 1.0), 0.0,
+                                             float(diff.max()), 0.0, detail=f"integer state (compared exactly): "
+                                             f"{int((diff > 0).sum())} of {diff.numel()} entries differ"))
                 return
             if scale is None:
                 scale = float(ev.detach().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()) \
@@ -404,6 +446,20 @@ class Comparator:
         elif isinstance(av, torch.Tensor) != isinstance(ev, torch.Tensor):
             self._fail(out, Mismatch(step, key, "state", math.inf, self.rtol, math.inf, 0.0,
                                      detail=f"type {type(av).__name__} vs {type(ev).__name__}"))
+
+    def _check_readings(self, out, step, key, av, ev: Readings, member, shape, scale):
+        """A state entry whose shape admits several readings passes if the permuted run matches one."""
+        first: Mismatch | None = None
+        for _, expected in ev.options:
+            trial: list[Mismatch] = []
+            self._check_value(trial, step, key, av, expected, member, shape, scale)
+            if not trial:
+                return
+            first = first or trial[0]
+        assert first is not None
+        names = ", ".join(name for name, _ in ev.options)
+        out.append(dataclasses.replace(first, detail="; ".join(filter(None, [
+            first.detail, f"its shape admits {len(ev.options)} readings ({names}); it matches none"]))))
 
     def _check(self, out, step, key, kind, a, e, scale, member, shape):
         floor = FLOOR_FACTOR * self.floors.get((step, key.split("[")[0]), 0.0)
@@ -450,10 +506,23 @@ class ExampleResult:
     numerical_perm: tuple[int, ...] | None = None
     numerical_own: float = 0.0  # the unpermuted probes' separation at that step, in units of the tolerance
     cut_by: Sensitivity | None = None  # the perturbed unpermuted runs that set ``compared_steps``, if any
+    # state entries (by name) that could not be compared, and why (their action under the permutation is
+    # not known from their shape); the parameters and the other state were compared
+    uncompared_state: dict[str, str] = field(default_factory=dict)
+    largest_tensor: int = 0  # entries of the example's largest parameter tensor
+    # when ``mismatch`` is on optimizer state: the first parameter mismatch of the same permuted run, if any
+    # (``None`` with ``param_steps`` steps compared: the parameters followed the permutation that far)
+    param_mismatch: Mismatch | None = None
+    param_steps: int = 0
 
     @property
     def failed(self) -> bool:
         return self.mismatch is not None
+
+    @property
+    def compared(self) -> bool:
+        """Completed and compared at one step at least (the examples a verdict rests on)."""
+        return self.error is None and (self.failed or self.compared_steps >= 1)
 
 
 def fixed_permutations(n: int) -> list[tuple[int, ...]]:
@@ -474,6 +543,7 @@ def trajectory(make_optimizer, model, example, setup, batches, seed, on_step, gr
         opt = build_optimizer(make_optimizer, model, example.groups, setup)
         for t, (x, y) in enumerate(batches, 1):
             take_step(model, opt, x, y, setup, grad_noise)
+            check_deadline()
             if on_step(t, opt) is False:
                 break
 
@@ -676,7 +746,12 @@ def run_example(make_optimizer: Callable, example: TrainingExample, setup: Optim
     (``PROBES`` more perturbed runs, up to the failing step). The failure is numerical - the example is then
     compared up to the probes' horizon, and ``numerical``/``cut_by`` say so - only if it comes *after* that
     horizon and is within ``COMPARABLE`` x the probes' own separation (both relative to the tensor's scale,
-    capped at 1); otherwise it stays a mismatch. ``compared_steps`` is the horizon (0: nothing compared)."""
+    capped at 1); otherwise it stays a mismatch. ``compared_steps`` is the horizon (0: nothing compared).
+
+    A step where parameters depart is reported on a parameter. Where only optimizer state departs, the
+    permuted run goes on comparing parameters, so ``param_mismatch``/``param_steps`` say whether the
+    parameter trajectories depart as well. State whose action under the permutation is unknown is not
+    compared (``uncompared_state`` says which and why). ``setup.dtype`` is the parameters' dtype."""
     res = ExampleResult(example)
     try:
         initial, layer = build_model(example, setup.dtype)
@@ -684,6 +759,7 @@ def run_example(make_optimizer: Callable, example: TrainingExample, setup: Optim
         res.error = f"{example.arch.describe()}: cannot build the model: {type(exc).__name__}: {exc}"
         return res
     res.layer_name = layer.name
+    res.largest_tensor = max((p.numel() for p in initial.parameters()), default=0)
     batches = [make_batch(example.arch, example.batch, example.data_seed, t, setup.dtype) for t in range(steps)]
     if perms is None:
         perms = fixed_permutations(layer.size)
@@ -718,18 +794,29 @@ def run_example(make_optimizer: Callable, example: TrainingExample, setup: Optim
         model_b = permute(initial, layer, perm_t)
         exp_init = {n: p.detach().clone() for n, p in model_b.named_parameters()}
         found: list[Mismatch] = []
+        params_after: list[Mismatch] = []  # after a state-only mismatch: the first parameter mismatch
+        params_ok: list[int] = []  # after a state-only mismatch: steps whose parameters still matched
         max_rel_at: list[float] = []
 
         def check(t, opt_b, model_b=model_b, cmp=cmp, exp_init=exp_init, found=found, perm_t=perm_t,
-                  max_rel_at=max_rel_at):
+                  max_rel_at=max_rel_at, params_after=params_after, params_ok=params_ok):
             if t > len(snaps):
                 return False
             expected = permute_snapshot(snaps[t - 1], layer, perm_t)
             mism = cmp.compare(t, _live(model_b, opt_b), expected, exp_init)
+            on_params = [m for m in mism if m.kind == "param"]
+            if found:  # optimizer state departed earlier in this run: do the parameters follow?
+                if on_params:
+                    params_after.append(_worst(on_params))
+                    return False
+                params_ok.append(t)
+                return True
             if mism:
-                found.append(max(mism, key=lambda m: (m.observed_abs / m.allowed_abs) if m.allowed_abs
-                                 else math.inf))
-                return False
+                found.append(_worst(on_params or mism))
+                if on_params:
+                    return False
+                params_ok.append(t)  # state only: keep going, comparing the parameters
+                return True
             max_rel_at.append(cmp.max_rel)
             return True
 
@@ -738,13 +825,9 @@ def run_example(make_optimizer: Callable, example: TrainingExample, setup: Optim
         except OptimizerFailure as exc:
             res.error, res.optimizer_error = f"{example.describe()}, permutation {list(perm)}: {exc}", True
             return res
-        except UnmappableState as exc:
-            res.error = (f"{example.describe()}: cannot say how the rule's state moves with the neurons: {exc} "
-                         f"(state that is not shaped like its parameter, a keepdim reduction of it, or a flat "
-                         f"vector over the group)")
-            res.optimizer_error = True
-            return res
         res.perms_run += 1
+        for name, why in cmp.uncompared.items():
+            res.uncompared_state.setdefault(name, why)
         if found:
             mis = found[0]
             if sens is None:
@@ -765,6 +848,9 @@ def run_example(make_optimizer: Callable, example: TrainingExample, setup: Optim
                 rel_at.append(max_rel_at)
                 continue
             res.mismatch, res.perm = mis, tuple(int(i) for i in perm_t)
+            if mis.kind != "param":
+                res.param_mismatch = params_after[0] if params_after else None
+                res.param_steps = params_ok[-1] if params_ok else mis.step - 1
             if sens.probes:
                 why = (f"they stay within the tolerance up to step {min(sens.horizon, mis.step)}"
                        if mis.step <= sens.horizon else
@@ -784,6 +870,10 @@ def run_example(make_optimizer: Callable, example: TrainingExample, setup: Optim
                 float((snaps[horizon - 1].params[n] - p).abs().max()) > ULPS * _eps(p) * float(p.abs().max())
                 for n, p in init_params.items())
     return res
+
+
+def _worst(mismatches: list[Mismatch]) -> Mismatch:
+    return max(mismatches, key=lambda m: (m.observed_abs / m.allowed_abs) if m.allowed_abs else math.inf)
 
 
 DIST_SEEDS = 32  # torch seeds of the in-distribution test
@@ -880,14 +970,20 @@ def _accepts_closure(opt) -> bool:
 
 def resolve_setup(make_optimizer: Callable, kwargs: dict, dtype: torch.dtype, *, create_graph: bool | None,
                   rtol: float | None) -> OptimizerSetup:
-    """Find how to drive the rule on a probe example; raise :class:`OptimizerFailure` if nothing works."""
+    """Find how to drive the rule on a probe example; raise :class:`OptimizerFailure` if nothing works.
+
+    Tried in order: the plain parameter list; param groups flagged ``use_muon`` (Muon's convention: 2-D
+    weights ``True``, the rest ``False``); the 2-D parameters only (biases frozen); each with an ordinary
+    backward first and ``backward(create_graph=True)`` next (unless ``create_graph`` is given). A rule that
+    rejects two param groups (LBFGS) is then run with one group on every example (``one_group``)."""
     first_error: OptimizerFailure | None = None
     model, _ = build_model(PROBE, dtype)
     batches = [make_batch(PROBE.arch, PROBE.batch, PROBE.data_seed, t, dtype) for t in range(2)]
     graph_options = [False, True] if create_graph is None else [bool(create_graph)]
-    for two_d in (False, True):
+    for two_d, flag in ((False, None), (False, "use_muon"), (True, None)):
         for cg in graph_options:
-            setup = OptimizerSetup(kwargs=dict(kwargs), two_d_only=two_d, create_graph=cg, dtype=dtype)
+            setup = OptimizerSetup(kwargs=dict(kwargs), two_d_only=two_d, create_graph=cg, dtype=dtype,
+                                   group_flag=flag)
             try:
                 trial = copy.deepcopy(model)
                 opt = build_optimizer(make_optimizer, trial, "one", setup)
@@ -902,6 +998,11 @@ def resolve_setup(make_optimizer: Callable, kwargs: dict, dtype: torch.dtype, *,
             if two_d:
                 setup.notes.append(f"the rule rejects the full parameter list ({first_error}); it was checked "
                                    f"on the 2-D parameters only (biases frozen).")
+            if flag:
+                setup.notes.append(f"the rule rejects a plain parameter list ({first_error}) but accepts param "
+                                   f"groups flagged {flag!r} (Muon's convention): weights of 2 or more "
+                                   f"dimensions were put in a group with {flag}=True, the rest in one with "
+                                   f"{flag}=False, in place of the example's own group split.")
             if cg and create_graph is None:
                 setup.notes.append(f"the step failed with an ordinary backward ({first_error}); it was run "
                                    f"with backward(create_graph=True).")
@@ -909,6 +1010,11 @@ def resolve_setup(make_optimizer: Callable, kwargs: dict, dtype: torch.dtype, *,
                 setup.notes.append("run with backward(create_graph=True).")
             if not setup.use_closure:
                 setup.notes.append("the rule's step() takes no closure: gradients were computed before step().")
+            groups_error = _accepts_groups(make_optimizer, model, setup, batches)
+            if groups_error is not None:
+                setup.one_group = True
+                setup.notes.append(f"the rule accepts one param group only ({groups_error}); every example used "
+                                   f"one group instead of its own split.")
             setup.compute_dtype = compute_precision(make_optimizer, setup)
             setup.rtol = rtol if rtol is not None else default_rtol(
                 setup.compute_dtype if torch.finfo(setup.compute_dtype).eps > torch.finfo(dtype).eps else dtype)
@@ -922,7 +1028,8 @@ def resolve_setup(make_optimizer: Callable, kwargs: dict, dtype: torch.dtype, *,
 
 
 def compute_precision(make_optimizer: Callable, setup: OptimizerSetup) -> torch.dtype:
-    """The least precise floating dtype produced by any tensor operation inside one optimizer step."""
+    """The least precise floating dtype produced by any tensor operation (of more than one element) inside the
+    first two optimizer steps on the probe example, state initialisation included."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     seen: set[torch.dtype] = set()
@@ -936,14 +1043,13 @@ def compute_precision(make_optimizer: Callable, setup: OptimizerSetup) -> torch.
             return out
 
     model, _ = build_model(PROBE, setup.dtype)
-    x, y = make_batch(PROBE.arch, PROBE.batch, PROBE.data_seed, 0, setup.dtype)
     try:
         with seeded(0):
             opt = build_optimizer(make_optimizer, model, "one", setup)
-            take_step(model, opt, x, y, setup)  # state initialised outside the recorder
-            x, y = make_batch(PROBE.arch, PROBE.batch, PROBE.data_seed, 1, setup.dtype)
-            with _Record():
-                take_step(model, opt, x, y, setup)
+            with _Record():  # both steps: some rules compute in lower precision at their first step only
+                for t in range(2):  # (a projection from an SVD in float32, refreshed every k steps)
+                    x, y = make_batch(PROBE.arch, PROBE.batch, PROBE.data_seed, t, setup.dtype)
+                    take_step(model, opt, x, y, setup)
     except Exception:  # noqa: BLE001 - the precision probe is best effort
         return setup.dtype
     if not seen:

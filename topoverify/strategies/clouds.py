@@ -28,6 +28,7 @@ __all__ = [
     "figure_eight_clouds",
     "sphere_clouds",
     "torus_clouds",
+    "thin_loop_clouds",
     "bilipschitz_maps",
 ]
 
@@ -111,6 +112,23 @@ def torus_clouds(
 ) -> st.SearchStrategy[np.ndarray]:
     """Points on the flat torus in R^4 (Betti (1, 2, 1)), embedded in R^ambient_dim."""
     return _shape(_c.torus, 4, min_points, max_points, ambient_dim, max_noise)
+
+
+def thin_loop_clouds(
+    min_points: int = 64, max_points: int = 256, max_aspect: float = 20.0, ambient_dim: Any = 2
+) -> st.SearchStrategy[np.ndarray]:
+    """Thin ellipses (β1 = 1) and thin figure-eights (β1 = 2), length up to ``max_aspect`` times the width
+    (shrinks to a round circle); Betti numbers under ``robust_betti(rule="gap")`` when sampled densely."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> np.ndarray:
+        n = draw(st.integers(min_points, max_points))
+        aspect = draw(st.floats(1.0, max_aspect, allow_nan=False, allow_infinity=False))
+        gen = draw(st.sampled_from([_c.circle, _c.figure_eight]))
+        dim = max(int(draw(_as_strategy(ambient_dim))), 2)
+        return gen(n, ambient_dim=dim, seed=draw(_SEEDS), aspect=aspect)
+
+    return build()
 
 
 @dataclass(frozen=True)

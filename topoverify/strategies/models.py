@@ -12,8 +12,10 @@ The strategies:
 - :func:`conv_specs` - small conv nets ``Conv2d -> act [-> Conv2d -> act] -> Flatten -> Linear``;
 - :func:`architectures` - either;
 - :func:`permutations` - permutations of ``range(n)`` as tuples (shrinking towards the identity);
+- :func:`large_mlp_specs` - one-hidden-layer MLPs whose first weight has more than :data:`LARGE_TENSOR`
+  entries (blockwise, quantised and chunked implementations only show above their block size);
 - :func:`training_examples` - a complete :class:`TrainingExample` (architecture, layer, permutation, data
-  seeds, batch size, parameter-group split, optional duplicated neuron pair).
+  seeds, batch size, parameter-group split, optional duplicated neuron pair, parameter dtype).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid")
 SMOOTH_ACTIVATIONS = ("tanh", "gelu", "sigmoid")  # σ' Lipschitz: the update field has a finite K
 _ACT_MODULES = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 GROUP_MODES = ("one", "weights_biases", "split")
+GROUP_FLAGS = ("use_muon",)  # param-group conventions a rule may require (see :func:`param_groups`)
+LARGE_TENSOR = 256  # entries; common block size of blockwise-quantised optimizer state
+DTYPES = ("float64", "float32")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,17 @@ class ArchSpec(ResultMixin):
             model = nn.Sequential(*layers)
         return model.to(dtype)
 
+    def largest_tensor(self) -> int:
+        """Entries of the largest parameter tensor of the built network (computed without building it)."""
+        sizes, prev = [], self.in_features
+        k = self.kernel * self.kernel if self.kind == "conv" else 1
+        for w in self.widths:
+            sizes += [w * prev * k] + ([w] if self.bias else [])
+            prev = w
+        flat = prev * self.image * self.image if self.kind == "conv" else prev
+        sizes += [self.out_features * flat] + ([self.out_features] if self.bias else [])
+        return max(sizes)
+
     def input_shape(self, batch: int) -> tuple[int, ...]:
         if self.kind == "conv":
             return (batch, self.in_features, self.image, self.image)
@@ -95,8 +111,9 @@ class ArchSpec(ResultMixin):
 class TrainingExample(ResultMixin):
     """One generated training example: architecture, the neuron layer to permute, a permutation of it, the
     seeds of initialisation and data, the batch size, how parameters split into optimizer groups
-    (``"one"``, ``"weights_biases"``, ``"split"`` = first half / second half of the parameter list), and
-    ``duplicate``: whether neuron 1 of the layer starts as an exact copy of neuron 0 (ties, T6)."""
+    (``"one"``, ``"weights_biases"``, ``"split"`` = first half / second half of the parameter list),
+    ``duplicate``: whether neuron 1 of the layer starts as an exact copy of neuron 0 (ties, T6), and the
+    parameters' ``dtype`` (``"float64"`` or ``"float32"``)."""
 
     arch: ArchSpec
     layer: int = 0
@@ -106,10 +123,15 @@ class TrainingExample(ResultMixin):
     batch: int = 4
     groups: str = "one"
     duplicate: bool = False
+    dtype: str = "float64"
 
     @property
     def width(self) -> int:
         return self.arch.widths[self.layer]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
     def describe(self) -> str:
         extras = []
@@ -117,6 +139,8 @@ class TrainingExample(ResultMixin):
             extras.append(f"param groups={self.groups}")
         if self.duplicate:
             extras.append("neuron 1 duplicates neuron 0")
+        if self.dtype != "float64":
+            extras.append(self.dtype)
         tail = f" ({'; '.join(extras)})" if extras else ""
         return f"{self.arch.describe()}, layer {self.layer}, batch {self.batch}{tail}"
 
@@ -130,11 +154,20 @@ def make_batch(arch: ArchSpec, batch: int, seed: int, step: int, dtype: torch.dt
     return x.to(dtype), y.to(dtype)
 
 
-def param_groups(model: nn.Module, mode: str, names: list[str] | None = None):
+def param_groups(model: nn.Module, mode: str, names: list[str] | None = None, flag: str | None = None):
     """Split ``model``'s trainable parameters into optimizer param groups (returns a list of dicts, or a
-    plain list of parameters for ``"one"``). ``names`` restricts to those parameter names."""
+    plain list of parameters for ``"one"``). ``names`` restricts to those parameter names.
+
+    ``flag="use_muon"`` follows Muon's convention instead of ``mode`` (Keller Jordan's ``MuonWithAuxAdam``,
+    pytorch-optimizer's ``Muon``): weights of two or more dimensions in a group with ``use_muon=True``, the
+    rest in one with ``use_muon=False``."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (names is None or n in names)]
     params = [p for _, p in named]
+    if flag is not None:
+        if flag not in GROUP_FLAGS:
+            raise ValueError(f"unknown param-group convention {flag!r}; use one of {GROUP_FLAGS}.")
+        split = ([p for _, p in named if p.dim() >= 2], [p for _, p in named if p.dim() < 2])
+        return [{"params": g, flag: on} for g, on in zip(split, (True, False)) if g]
     if mode == "one" or len(named) < 2:
         return params
     if mode == "weights_biases":
@@ -188,12 +221,32 @@ def conv_specs(max_depth: int = 2, min_channels: int = 2, max_channels: int = 6,
     )
 
 
-def architectures(conv: bool = True, max_depth: int = 3, max_width: int = 16) -> st.SearchStrategy[ArchSpec]:
-    """MLPs (shrinking target) or, with ``conv``, small conv nets."""
-    mlps = mlp_specs(max_depth=max_depth, max_width=max_width)
-    if not conv:
-        return mlps
-    return st.one_of(mlps, conv_specs(max_depth=min(max_depth, 2), max_channels=min(6, max_width)))
+def large_mlp_specs(min_entries: int = LARGE_TENSOR + 1) -> st.SearchStrategy[ArchSpec]:
+    """MLPs ``in -[w]- out`` with one hidden layer of 8-12 neurons whose first weight (``w x in``) has at
+    least ``min_entries`` entries (by default 33-48 inputs: 264-576 entries). Blockwise, quantised and chunked
+    optimizer implementations only differ from their reference above their block size."""
+    lo = max(33, -(-min_entries // 8))
+    return st.builds(
+        ArchSpec,
+        kind=st.just("mlp"),
+        in_features=st.integers(lo, lo + 15),
+        widths=st.integers(8, 12).map(lambda w: (w,)),
+        out_features=st.integers(1, 3),
+        activation=activations(),
+        bias=st.booleans().map(lambda b: not b),
+    )
+
+
+def architectures(conv: bool = True, max_depth: int = 3, max_width: int = 16, large: bool = False
+                  ) -> st.SearchStrategy[ArchSpec]:
+    """MLPs (shrinking target) or, with ``conv``, small conv nets; with ``large``, also
+    :func:`large_mlp_specs`."""
+    options = [mlp_specs(max_depth=max_depth, max_width=max_width)]
+    if conv:
+        options.append(conv_specs(max_depth=min(max_depth, 2), max_channels=min(6, max_width)))
+    if large:
+        options.append(large_mlp_specs())
+    return options[0] if len(options) == 1 else st.one_of(*options)
 
 
 def permutations(n: int) -> st.SearchStrategy[tuple[int, ...]]:
@@ -201,11 +254,25 @@ def permutations(n: int) -> st.SearchStrategy[tuple[int, ...]]:
     return st.permutations(list(range(n))).map(tuple)
 
 
+def dtypes(names=("float64",), weights: tuple[int, ...] | None = None) -> st.SearchStrategy[str]:
+    """Parameter dtypes, shrinking towards the first; ``weights`` (one integer per name) make some rarer:
+    ``dtypes(("float64", "float32"), (3, 1))`` draws float32 about one time in four."""
+    names = tuple(names)
+    weights = weights or (1,) * len(names)
+    if len(weights) != len(names) or min(weights) < 1:
+        raise ValueError(f"one positive weight per dtype, got {weights} for {names}.")
+    pool = [n for n, w in zip(names, weights) for _ in range(w)]
+    return st.just(names[0]) if len(names) == 1 else st.integers(0, len(pool) - 1).map(pool.__getitem__)
+
+
 @st.composite
 def training_examples(draw, conv: bool = True, max_depth: int = 3, max_width: int = 16,
-                      groups: bool = True, duplicates: bool = True, arch=None) -> TrainingExample:
-    """A :class:`TrainingExample`: architecture, layer index, permutation, seeds, batch, groups, duplicate."""
-    spec = draw(arch if arch is not None else architectures(conv=conv, max_depth=max_depth, max_width=max_width))
+                      groups: bool = True, duplicates: bool = True, arch=None, large: bool = False,
+                      dtype=None) -> TrainingExample:
+    """A :class:`TrainingExample`: architecture, layer index, permutation, seeds, batch, groups, duplicate,
+    dtype (``dtype``: a strategy of dtype names, default float64 only)."""
+    spec = draw(arch if arch is not None else architectures(conv=conv, max_depth=max_depth, max_width=max_width,
+                                                            large=large))
     layer = draw(st.integers(0, len(spec.widths) - 1))
     perm = draw(permutations(spec.widths[layer]))
     return TrainingExample(
@@ -214,8 +281,10 @@ def training_examples(draw, conv: bool = True, max_depth: int = 3, max_width: in
         batch=draw(st.integers(2, 8)),
         groups=draw(st.sampled_from(GROUP_MODES)) if groups else "one",
         duplicate=draw(st.booleans()) if duplicates else False,
+        dtype=draw(dtype) if dtype is not None else "float64",
     )
 
 
-__all__ = ["ArchSpec", "TrainingExample", "ACTIVATIONS", "GROUP_MODES", "make_batch", "param_groups",
-           "activations", "mlp_specs", "conv_specs", "architectures", "permutations", "training_examples"]
+__all__ = ["ArchSpec", "TrainingExample", "ACTIVATIONS", "GROUP_MODES", "GROUP_FLAGS", "LARGE_TENSOR", "DTYPES",
+           "make_batch", "param_groups", "activations", "mlp_specs", "conv_specs", "large_mlp_specs",
+           "architectures", "permutations", "dtypes", "training_examples"]

@@ -421,7 +421,9 @@ class BoundSummary(ResultMixin):
 
     ``multistep_*`` assume the same K at every step (a what-if; T4 proper uses each step's own K_t).
     ``survival_threshold = 2*epsilon`` is the log-persistence above which a feature of the neuron cloud's
-    Vietoris–Rips diagram survives the step (T5).
+    Vietoris–Rips diagram survives the step (T5). Both lower bounds are in their sharp form max(0, ·):
+    distances are ≥ 0, so with lr*K ≥ 1 the lower bound is 0 (``one_step_clipped``); the upper bounds hold
+    at every rate (triangle inequality).
     """
 
     K: float
@@ -432,6 +434,7 @@ class BoundSummary(ResultMixin):
     phase: str
     one_step_lower: float
     one_step_upper: float
+    one_step_clipped: bool
     multistep_lower: float
     multistep_upper: float
     multistep_clipped: bool
@@ -446,7 +449,8 @@ class BoundSummary(ResultMixin):
             f"  phase                    = {self.phase}"
             + ("  (lr < eta*: every step is bi-Lipschitz on the cloud)" if self.phase == "preserving"
                else "  (lr >= eta*: folding / merging of neurons is possible, not certain)"),
-            f"  one-step ratio bounds    = [{fmt(self.one_step_lower)}, {fmt(self.one_step_upper)}]",
+            f"  one-step ratio bounds    = [{fmt(self.one_step_lower)}, {fmt(self.one_step_upper)}]"
+            + ("  (lower clipped at 0: lr*K >= 1)" if self.one_step_clipped else ""),
             f"  {f'{self.steps}-step ratio bounds':<25}"
             + f"= [{fmt(self.multistep_lower)}, {fmt(self.multistep_upper)}]  (constant K and lr"
             + ("; lower clipped at 0)" if self.multistep_clipped else ")"),
@@ -487,8 +491,9 @@ def bound_summary(K: float, lr: float, steps: int = 1) -> BoundSummary:  # noqa:
         lr_times_K=x,
         eta_star=eta_star_numeric(k),
         phase="preserving" if x < 1 else "breakdown-possible",
-        one_step_lower=lo,
+        one_step_lower=max(0.0, lo),
         one_step_upper=hi,
+        one_step_clipped=lo <= 0,
         multistep_lower=multi.lower,
         multistep_upper=multi.upper,
         multistep_clipped=multi.clipped,
