@@ -496,3 +496,19 @@ def test_a_layer_without_two_distinct_neurons_has_no_verdict():
                                  hessian=False, check_layout=False)
     assert ver.layers[0].n_pairs == 0 and ver.layers[0].holds is None and ver.holds is None
     assert ver.to_dict()["holds"] is None
+
+
+@pytest.mark.parametrize("x_gap, y_gap", [(1.0, 1e-170), (3.3e-162, 1e-161), (2.6e-162, 1.0), (1e-300, 3e-300)])
+def test_max_pair_ratio_stays_an_upper_bound_when_squared_distances_would_underflow(x_gap, y_gap):
+    """Differences far below the rows' magnitude: their squares are subnormal or zero in float64, so a ratio
+    of squared norms underflows. The bound must still be ≥ the exact ratio, and tight."""
+    from fractions import Fraction
+
+    from topoverify.pairs import max_pair_ratio
+
+    X = torch.tensor([[1.0, 0.0], [1.0, x_gap]], dtype=torch.float64)
+    Y = torch.tensor([[1.0, 0.0], [1.0, y_gap]], dtype=torch.float64)
+    exact = Fraction(y_gap) / Fraction(x_gap)
+    got = max_pair_ratio(X, Y)
+    assert Fraction(got) >= exact
+    assert got <= float(exact) * (1 + 1e-12)

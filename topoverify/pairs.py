@@ -199,7 +199,7 @@ def max_pair_ratio(X: torch.Tensor, Y: torch.Tensor) -> float:
     gx, gy = _gamma(X.shape[1] + 2, u), _gamma(Y.shape[1] + 2, u)
     nx, ny = X64.norm(dim=1), Y64.norm(dim=1)
     qx, qy = (Xs * Xs).sum(dim=1).to(torch.float64), (Ys * Ys).sum(dim=1).to(torch.float64)
-    best = 0.0
+    best, best_r = 0.0, 0.0
     for s, e in _row_chunks(n):
         upper_mask = torch.arange(n)[None, :] > torch.arange(s, e)[:, None]
         dx2 = qx[s:e, None] + qx[None, :] - 2 * (Xs[s:e] @ Xs.T).to(torch.float64)
@@ -220,9 +220,29 @@ def max_pair_ratio(X: torch.Tensor, Y: torch.Tensor) -> float:
             same = (ddx == 0).all(dim=1)
             if bool((same & (ddy != 0).any(dim=1)).any()):
                 return math.inf
-            r2 = (ddy * ddy).sum(dim=1)[~same] / (ddx * ddx).sum(dim=1)[~same]
-            if r2.numel():
-                best = max(best, float(r2.max()))
-    # exact-difference ratios carry relative error ≤ γ_{d+2} in each squared norm
+            if bool((~same).any()):
+                r = _exact_pair_ratios(ddx[~same], ddy[~same])
+                best_r = max(best_r, float(r.max()))
+                best = max(best, best_r * best_r)
+    # exact-difference ratios carry relative error ≤ γ_{d+4} in each squared norm (no underflow: each pair's
+    # differences are rescaled by their own power of two before squaring)
     rel = (1 + _gamma(Y.shape[1] + 4, _U64)) / (1 - _gamma(X.shape[1] + 4, _U64))
-    return _ldexp(math.sqrt(best * rel) * (1 + 4 * _U64), ey - ex)
+    # every pruned pair has ratio² < best ≤ max(a candidate's lower end, candidates' exact ratio²), and the pair
+    # with the largest lower end is itself a candidate, so the largest exact ratio bounds them all
+    return _ldexp(best_r * math.sqrt(rel) * (1 + 8 * _U64), ey - ex)
+
+
+def _exact_pair_ratios(ddx: torch.Tensor, ddy: torch.Tensor) -> torch.Tensor:
+    """‖ddy_k‖/‖ddx_k‖ per row (float64, ddx_k ≠ 0), rounded up to the smallest normal float where the true
+    value is positive but below it. Each row is rescaled by the power of two of its largest entry before
+    squaring (exact), so no squared norm underflows and the relative error stays γ_{d+4}."""
+    def scaled(dd):
+        _, e = torch.frexp(dd.abs().amax(dim=1))
+        e = torch.where(dd.abs().amax(dim=1) > 0, e, torch.zeros_like(e))
+        return torch.ldexp(dd, -e[:, None]), e
+    sx, ex_ = scaled(ddx)
+    sy, ey_ = scaled(ddy)
+    ratio = ((sy * sy).sum(dim=1) / (sx * sx).sum(dim=1)).sqrt()
+    r = torch.ldexp(ratio, (ey_ - ex_).to(ratio.dtype))
+    positive = (ddy != 0).any(dim=1)
+    return torch.where(positive, r.clamp_min(torch.finfo(torch.float64).tiny), r)
