@@ -18,8 +18,8 @@ import hypothesis
 import torch
 
 import topoverify
-from topoverify.equivariance import equivariance_error, run_example
-from topoverify.equivariance.runner import OptimizerSetup, single_thread
+from topoverify.checks.equivariance import equivariance_error, run_example
+from topoverify.checks.equivariance.runner import OptimizerSetup, single_thread
 from topoverify.strategies.models import ArchSpec, TrainingExample
 
 OUT = Path(__file__).parent / "results" / "equivariance.md"

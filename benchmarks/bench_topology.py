@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from topoverify import clouds as C  # noqa: E402
+from topoverify.experiments import clouds as C  # noqa: E402
 from topoverify import topology as T  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "topology.md"
@@ -91,7 +91,7 @@ def _large_cloud_row(kind: str, n: int, n_perm, timeout: float) -> str:
 
 def _rule_table(quick: bool) -> list[str]:
     """Robust β1 by rule over seeds: how often each rule gives the true count."""
-    from topoverify import clouds as C
+    from topoverify.experiments import clouds as C
 
     seeds = range(2 if quick else 4)
     cases = [

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from topoverify.equivariance import equivariance_error
+    from topoverify.checks.equivariance import equivariance_error
 
     names = args.only.split(",") if args.only else po.get_supported_optimizers()
     rows = []

@@ -33,10 +33,10 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from topoverify.scenarios import circle_scenario
+    from topoverify.experiments.scenarios import circle_scenario
     import time
 
-    from topoverify.breakdown import sgd_factory, sweep
+    from topoverify.experiments.sweep import sgd_factory, sweep
 
     if args.quick:
         lrs, steps = [0.01, 0.03, 0.05, 0.065, 0.1, 2.5], 150

@@ -12,15 +12,15 @@ Public API (see README.md):
 * ``topoverify.symbolic`` — the sympy forms of the claims; ``topoverify.scenarios`` — embedded scenarios.
 """
 
-from . import topology
-from .breakdown import SweepResult, sweep
-from .equivariance import (Counterexample, Coverage, EquivarianceReport, Interrupted, assert_equivariant,
+from topoverify import topology
+from topoverify.experiments.sweep import SweepResult, sweep
+from topoverify.checks.equivariance import (Counterexample, Coverage, EquivarianceReport, Interrupted, assert_equivariant,
                           check_identical_neurons, equivariance_error)
-from .errors import LayoutError, NonFiniteError, TopoverifyError, UnsupportedError
-from .layouts import NeuronLayer, ParamAxis, detect_layers, explicit_layer, neuron_cloud
-from .permute import inverse_permutation, permute, preflight
-from .predict import LayerPrediction, StepPrediction, predict_step
-from .verify import LayerVerification, StepVerification, verify_step
+from topoverify.errors import LayoutError, NonFiniteError, TopoverifyError, UnsupportedError
+from topoverify.neurons.layouts import NeuronLayer, ParamAxis, detect_layers, explicit_layer, neuron_cloud
+from topoverify.neurons.permute import inverse_permutation, permute, preflight
+from topoverify.checks.step_prediction import LayerPrediction, StepPrediction, predict_step
+from topoverify.checks.step_bounds import LayerVerification, StepVerification, verify_step
 
 __version__ = "0.1.0"
 

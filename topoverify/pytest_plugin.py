@@ -20,7 +20,7 @@ import json
 
 import pytest
 
-from .cli_check import load_callable
+from topoverify.cli.check import load_callable
 
 
 def pytest_addoption(parser):
@@ -40,16 +40,16 @@ class _Checker:
 
     def __call__(self, make_optimizer, **options):
         __tracebackhide__ = True
-        from .equivariance import assert_equivariant
+        from topoverify.checks.equivariance import assert_equivariant
         return assert_equivariant(make_optimizer, **options)
 
     def report(self, make_optimizer, **options):
-        from .equivariance import equivariance_error
+        from topoverify.checks.equivariance import equivariance_error
         return equivariance_error(make_optimizer, **options)
 
     def symmetry(self, make_optimizer, **options):
         __tracebackhide__ = True
-        from .equivariance import check_identical_neurons
+        from topoverify.checks.equivariance import check_identical_neurons
         rep = check_identical_neurons(make_optimizer, **options)
         if not rep.ok:
             raise AssertionError(str(rep))
@@ -74,7 +74,7 @@ class TopoverifyItem(pytest.Item):
         self.check, self.spec, self.kwargs, self.examples, self.timeout = check, spec, kwargs, examples, timeout
 
     def runtest(self):
-        from .equivariance import check_identical_neurons, equivariance_error
+        from topoverify.checks.equivariance import check_identical_neurons, equivariance_error
         make_optimizer = load_callable(self.spec)
         if self.check == "equivariance":
             rep = equivariance_error(make_optimizer, optimizer_kwargs=self.kwargs, examples=self.examples,

@@ -15,8 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ._results import ResultMixin
-from .errors import TopoverifyError
+from topoverify.formatting import ResultMixin
+from topoverify.errors import TopoverifyError
 
 __all__ = [
     "Claim",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from .. import clouds as _c
+from topoverify.experiments import clouds as _c
 
 __all__ = [
     "BiLipschitzMap",

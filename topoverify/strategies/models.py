@@ -26,7 +26,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from .._results import ResultMixin
+from topoverify.formatting import ResultMixin
 
 ACTIVATIONS = ("tanh", "relu", "gelu", "sigmoid")
 SMOOTH_ACTIVATIONS = ("tanh", "gelu", "sigmoid")  # σ' Lipschitz: the update field has a finite K

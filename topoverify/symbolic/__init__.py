@@ -10,7 +10,7 @@ The names listed under ``sympy =`` in ``spec/claims.toml`` are attributes of thi
 * T6 ``absorbing_symmetry_residuals``
 """
 
-from .bounds import (
+from topoverify.symbolic.bounds import (
     EPSILON,
     EPSILON_SCALE_FREE,
     ETA,
@@ -33,6 +33,7 @@ from .bounds import (
     epsilon_numeric,
     eta_star_numeric,
     interleaving_epsilon,
+    interleaving_epsilon_numeric,
     lower_side_dominates,
     multistep_bounds,
     multistep_bounds_numeric,
@@ -41,7 +42,7 @@ from .bounds import (
     run_bounds_command,
     solve_eta_star,
 )
-from .equivariance import (
+from topoverify.symbolic.equivariance import (
     SymbolicRule,
     absorbing_symmetry_residuals,
     apply_rule,
@@ -80,6 +81,7 @@ __all__ = [
     "field_identity_residuals",
     "generic_equivariant_rule",
     "interleaving_epsilon",
+    "interleaving_epsilon_numeric",
     "lower_side_dominates",
     "multistep_bounds",
     "multistep_bounds_numeric",

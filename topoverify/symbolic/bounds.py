@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import sympy as sp
 
-from .._results import ResultMixin, fmt
-from ..errors import TopoverifyError
+from topoverify.formatting import ResultMixin, fmt
+from topoverify.errors import TopoverifyError
 
 __all__ = [
     "ETA",
@@ -335,6 +335,22 @@ def epsilon_numeric(K: Any, lr: Any) -> Any:  # noqa: N803
     res = _lambdified("epsilon", backend)(safe_k, l)
     res = _where(backend, breakdown, math.inf, res) + 0.0  # + 0.0 turns -0.0 (K = 0) into 0.0
     return _out(res, scalar)
+
+
+_A, _B = sp.symbols("a b", positive=True)
+_INTERLEAVING_NUMERIC = sp.lambdify((_A, _B), interleaving_epsilon(_A, _B), modules="math")
+
+
+def interleaving_epsilon_numeric(a: float, b: float) -> float:
+    """T5 numerically for any ratio band ``[a, b]``: ``max(log b, -log a)`` (lambdified from
+    :func:`interleaving_epsilon`); ``inf`` when ``a == 0`` (no lower bound on the ratios: no interleaving)."""
+    a, b = float(a), float(b)
+    if math.isnan(a) or math.isnan(b) or a < 0 or b < a:
+        raise TopoverifyError(f"the ratio band needs 0 <= a <= b (got a={a}, b={b}); pass the lower and upper "
+                              "factors of the pairwise distances, e.g. a = 1 - lr*K, b = 1 + lr*K")
+    if a == 0 or math.isinf(b):
+        return math.inf
+    return float(_INTERLEAVING_NUMERIC(a, b)) + 0.0
 
 
 @dataclasses.dataclass(frozen=True)

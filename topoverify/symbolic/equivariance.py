@@ -23,7 +23,7 @@ from typing import Callable
 
 import sympy as sp
 
-from ..errors import TopoverifyError
+from topoverify.errors import TopoverifyError
 
 __all__ = [
     "SymbolicRule",
