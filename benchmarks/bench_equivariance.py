@@ -19,8 +19,8 @@ import torch
 
 import topoverify
 from topoverify.checks.equivariance import equivariance_error, run_example
-from topoverify.checks.equivariance.runner import OptimizerSetup, single_thread
-from topoverify.strategies.models import ArchSpec, TrainingExample
+from topoverify.checks.equivariance.training import OptimizerSetup, single_thread
+from topoverify.experiments.small_nets import ArchSpec, TrainingExample
 
 OUT = Path(__file__).parent / "results" / "equivariance.md"
 

@@ -22,15 +22,15 @@ import subprocess
 import sys
 import time
 
+import torch
+from torch import nn
+
+from topoverify import predict_step
+
 DIMS = {64: (40, 23), 1537: (1024, 512)}
 
 
 def one(n: int, d: int, batch: int = 256) -> dict:
-    import torch
-    from torch import nn
-
-    from topoverify import predict_step
-
     torch.manual_seed(0)
     d_in, d_out = DIMS[d]
     model = nn.Sequential(nn.Linear(d_in, n), nn.Tanh(), nn.Linear(n, d_out))
@@ -76,8 +76,6 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(*args.one)))
         return
-    import torch
-
     sizes = [256, 1024] if args.quick else [256, 1024, 4096]
     load_before = os.getloadavg()[0]
     rows = []

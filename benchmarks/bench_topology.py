@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing as mp
 import os
 import platform
 import subprocess
@@ -22,11 +23,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ripser
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from topoverify.experiments import clouds as C  # noqa: E402
 from topoverify import topology as T  # noqa: E402
+from topoverify.experiments import clouds as C  # noqa: E402
+from topoverify.measure.persistence import pairwise_distances  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "topology.md"
 
@@ -39,11 +43,9 @@ def timed(fn, *a, **k):
 
 def _fixed_scale(x: np.ndarray) -> tuple[tuple[int, ...], float]:
     """Betti numbers up to dimension 2 of the Rips complex at ε = 0.25·diameter (ripser truncated at ε)."""
-    from ripser import ripser
-
-    dm = T._pairwise(x)
+    dm = pairwise_distances(x)
     eps = 0.25 * float(dm.max())
-    r = ripser(dm, maxdim=2, distance_matrix=True, thresh=eps)
+    r = ripser.ripser(dm, maxdim=2, distance_matrix=True, thresh=eps)
     return tuple(int(np.sum((g[:, 0] <= eps) & (g[:, 1] > eps))) for g in r["dgms"]), eps
 
 
@@ -91,8 +93,6 @@ def _large_cloud_row(kind: str, n: int, n_perm, timeout: float) -> str:
 
 def _rule_table(quick: bool) -> list[str]:
     """Robust β1 by rule over seeds: how often each rule gives the true count."""
-    from topoverify.experiments import clouds as C
-
     seeds = range(2 if quick else 4)
     cases = [
         ("thin ellipse, aspect 20, N=1024", 1, lambda s: C.circle(1024, aspect=20, seed=s), None),
@@ -164,9 +164,6 @@ def main() -> None:
     ap.add_argument("--exact-timeout", type=float, default=None,
                     help="seconds allowed for exact persistence of 10 000 points (default 600; 60 with --quick)")
     args = ap.parse_args()
-    import ripser
-    import torch
-
     sizes = [500, 2000] if args.quick else [500, 2000, 8000]
     dims = [3, 74] if args.quick else [3, 74, 1537]
     full_max = args.full_max if args.full_max is not None else (500 if args.quick else 2000)
@@ -260,8 +257,6 @@ def main() -> None:
             print(lines[-1], flush=True)
         # fixed-scale Rips on the full cloud
         if fixed_budget_ok:
-            import multiprocessing as mp
-
             t0 = time.perf_counter()
             with mp.get_context("fork").Pool(1) as pool:
                 job = pool.apply_async(_fixed_scale, (x,))

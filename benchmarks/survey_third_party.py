@@ -18,7 +18,12 @@ import os
 import platform
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
+
+import torch
+
+from topoverify.checks.equivariance import equivariance_error
 
 OUT = Path(__file__).parent / "results" / "third_party_optimizers.md"
 RAW = Path(__file__).parent / "results" / "third_party_optimizers.json"
@@ -98,14 +103,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="")
     args = ap.parse_args(argv)
     try:
-        import pytorch_optimizer as po
+        import pytorch_optimizer as po  # lazy: an optional dependency (the survey is skipped without it)
     except ImportError:
         print("pytorch-optimizer is not installed (pip install pytorch-optimizer); survey skipped.")
         return 0
-    import torch
-
-    from topoverify.checks.equivariance import equivariance_error
-
     names = args.only.split(",") if args.only else po.get_supported_optimizers()
     rows = []
     for name in names:
@@ -155,7 +156,6 @@ def _coverage(rep) -> str:
 
 
 def write_markdown(rows, args, torch_version) -> None:
-    from importlib.metadata import version
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
@@ -197,7 +197,6 @@ def write_markdown(rows, args, torch_version) -> None:
 
 def rewrite_from_json() -> None:
     """Regenerate the markdown from the saved JSON (e.g. after editing WHY) without rerunning."""
-    import torch
     args = argparse.Namespace(examples=4, steps=7, timeout=30.0)
     write_markdown(json.loads(RAW.read_text()), args, torch.__version__)
 

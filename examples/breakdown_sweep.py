@@ -1,23 +1,33 @@
-"""Reproduce THEORY's small case with the kit: the circle scenario swept over the learning rate.
+"""The breakdown experiment on the circle scenario: swept over the learning rate, with T3's verdict.
 
     python examples/breakdown_sweep.py [OUT_DIR] [--quick]
 
 Writes OUT_DIR/breakdown_sweep.png (x-axis: lr; panels: max lr*K along the run, final H1 max log-persistence
 with robust beta1 (a "?" marks a count within the uncertainty margin), neurons merged by collapse (T6), final
 loss with diverged runs marked) with the predicted eta* (initial state) as a vertical line, and
-OUT_DIR/breakdown_sweep.json (SweepResult.to_dict()). Default OUT_DIR:
-topoverify-out/. Full form: 300 steps at 10 rates (a few minutes on 2 cores); --quick: 150 steps at 6 rates.
+OUT_DIR/breakdown_sweep.json (SweepResult.to_dict()), and prints T3's check of the sweep
+(topoverify.checks.critical_rate: every run with lr*K_upper < 1 at every step must keep its topology).
+Default OUT_DIR: topoverify-out/. Full form: 300 steps at 10 rates (a few minutes on 2 cores); --quick: 150
+steps at 6 rates.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import math
+import os
 import pathlib
+import platform
 import sys
+import time
 
 import numpy as np
+import torch
+
+from topoverify import topology
+from topoverify.checks.critical_rate import check_critical_rate
+from topoverify.experiments import circle_scenario, sgd_factory, sweep
 
 
 def main(argv=None) -> int:
@@ -29,14 +39,10 @@ def main(argv=None) -> int:
                     "(benchmarks/results/sweep.md is assembled into benchmarks/RESULTS.md)")
     args = ap.parse_args(argv)
 
+    # lazy: matplotlib is optional (extras "examples"); --help works without it
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from topoverify.experiments.scenarios import circle_scenario
-    import time
-
-    from topoverify.experiments.sweep import sgd_factory, sweep
 
     if args.quick:
         lrs, steps = [0.01, 0.03, 0.05, 0.065, 0.1, 2.5], 150
@@ -47,6 +53,8 @@ def main(argv=None) -> int:
     res = sweep(circle_scenario(), sgd_factory(), lrs, steps, every=10, keep_diagrams=False)
     elapsed = time.perf_counter() - start
     print(res)
+    t3 = check_critical_rate(res)
+    print(t3)
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +79,7 @@ def main(argv=None) -> int:
     ax.set_yscale("log"); ax.set_ylabel("max lr·K"); ax.legend(loc="upper left", fontsize=8)
     ax = axes[1]
     ax.plot(x, h1, "o-", color="C1", label="final H1 max log-persistence")
-    ax.axhline(math.log(2), color="gray", ls=":", lw=1, label="robust threshold log 2")
+    ax.axhline(topology.DEFAULT_LOG_THRESHOLD, color="gray", ls=":", lw=1, label="robust threshold log 2")
     for xi, hi, bi, ui in zip(x, h1, b1, unc):
         ax.annotate(f"β1={bi}{'?' if ui else ''}", (xi, hi), textcoords="offset points", xytext=(0, 6), fontsize=7,
                     ha="center")
@@ -98,17 +106,12 @@ def main(argv=None) -> int:
     fig.tight_layout()
     fig.savefig(out / "breakdown_sweep.png", dpi=120)
     if args.results_md:
-        import datetime
-        import os
-        import platform
-
-        import torch
         md = [f"## Breakdown sweep: circle scenario, {steps} steps of full-batch GD",
               "",
               f"`python examples/breakdown_sweep.py{' --quick' if args.quick else ''}` on {platform.machine()}, "
               f"{os.cpu_count()} cores, torch {torch.__version__}, {datetime.date.today().isoformat()}; "
               f"{elapsed:.0f} s.",
-              "", "```", str(res), "```", ""]
+              "", "```", str(res), "", str(t3), "```", ""]
         pathlib.Path(args.results_md).write_text("\n".join(md))
     print(f"wrote {out / 'breakdown_sweep.png'} and {out / 'breakdown_sweep.json'}", file=sys.stderr)
     return 0

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import MappingProxyType
 from typing import Any
+
+# ``dataclasses.field(metadata=NOT_SERIALIZED)``: a field that holds live state (a stepped model copy, an
+# optimizer), left out of ``to_dict()``/``jsonable``.
+NOT_SERIALIZED = MappingProxyType({"serialize": False})
+
+
+def serialized_fields(value) -> list[dataclasses.Field]:
+    """The dataclass fields of ``value`` that ``to_dict``/``jsonable`` include (see :data:`NOT_SERIALIZED`)."""
+    return [f for f in dataclasses.fields(value) if f.metadata.get("serialize", True)]
 
 
 def jsonable(value: Any) -> Any:
@@ -16,7 +26,7 @@ def jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if hasattr(value, "to_dict"):
             return value.to_dict()
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: jsonable(getattr(value, f.name)) for f in serialized_fields(value)}
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -35,10 +45,11 @@ def jsonable(value: Any) -> Any:
 
 
 class ResultMixin:
-    """Mixin for result dataclasses: ``to_dict()`` gives a JSON-ready dict of all fields."""
+    """Mixin for result dataclasses: ``to_dict()`` gives a JSON-ready dict of all fields except those marked
+    :data:`NOT_SERIALIZED`."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: jsonable(getattr(self, f.name)) for f in serialized_fields(self)}
 
 
 def fmt(x: float | None, digits: int = 4) -> str:

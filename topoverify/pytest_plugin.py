@@ -1,7 +1,7 @@
 """pytest plugin (entry point ``pytest11``: ``topoverify = "topoverify.pytest_plugin"``).
 
 - Fixture ``topoverify_check``: ``topoverify_check(make_optimizer, **options)`` asserts that the rule is
-  permutation-equivariant (returns the :class:`~topoverify.equivariance.EquivarianceReport`), e.g.::
+  permutation-equivariant (returns the :class:`~topoverify.checks.equivariance.EquivarianceReport`), e.g.::
 
       def test_my_optimizer_is_equivariant(topoverify_check):
           topoverify_check(MyOptimizer, optimizer_kwargs={"lr": 1e-3})
@@ -20,7 +20,8 @@ import json
 
 import pytest
 
-from topoverify.cli.check import load_callable
+from topoverify import assert_equivariant, check_identical_neurons, equivariance_error  # the public API
+from topoverify.cli.loading import load_callable
 
 
 def pytest_addoption(parser):
@@ -40,16 +41,13 @@ class _Checker:
 
     def __call__(self, make_optimizer, **options):
         __tracebackhide__ = True
-        from topoverify.checks.equivariance import assert_equivariant
         return assert_equivariant(make_optimizer, **options)
 
     def report(self, make_optimizer, **options):
-        from topoverify.checks.equivariance import equivariance_error
         return equivariance_error(make_optimizer, **options)
 
     def symmetry(self, make_optimizer, **options):
         __tracebackhide__ = True
-        from topoverify.checks.equivariance import check_identical_neurons
         rep = check_identical_neurons(make_optimizer, **options)
         if not rep.ok:
             raise AssertionError(str(rep))
@@ -74,7 +72,6 @@ class TopoverifyItem(pytest.Item):
         self.check, self.spec, self.kwargs, self.examples, self.timeout = check, spec, kwargs, examples, timeout
 
     def runtest(self):
-        from topoverify.checks.equivariance import check_identical_neurons, equivariance_error
         make_optimizer = load_callable(self.spec)
         if self.check == "equivariance":
             rep = equivariance_error(make_optimizer, optimizer_kwargs=self.kwargs, examples=self.examples,

@@ -1,8 +1,8 @@
 """The claims index (``spec/claims.toml``) and its traceability: does every claim have tests that exist, a
-sympy encoding that resolves, and a proof file?
+sympy encoding that resolves, a checker that resolves (``module:function``, imported and callable), and a
+proof file?
 
-``topoverify spec`` calls :func:`run_spec_command`; it prints a table (or JSON) and exits 1 unless every
-claim is traced.
+``topoverify spec`` (:mod:`topoverify.cli.spec`) prints :func:`traceability`'s table or JSON.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from topoverify.formatting import ResultMixin
+from rich.console import Console
+from rich.table import Table
+
 from topoverify.errors import TopoverifyError
+from topoverify.formatting import ResultMixin
 
 __all__ = [
     "Claim",
@@ -27,9 +29,8 @@ __all__ = [
     "default_repo_root",
     "load_claims",
     "test_exists",
+    "checker_resolves",
     "traceability",
-    "print_table",
-    "run_spec_command",
 ]
 
 
@@ -53,6 +54,7 @@ class Claim(ResultMixin):
     sympy: str | None
     proof: str | None
     tests: tuple[str, ...]
+    checker: str | None = None
 
     def __str__(self) -> str:
         lines = [f"{self.id}: {self.title}", "  assumptions:"]
@@ -62,13 +64,15 @@ class Claim(ResultMixin):
             lines.append(f"  sympy: topoverify.symbolic.{self.sympy}")
         if self.proof:
             lines.append(f"  proof: {self.proof}")
+        if self.checker:
+            lines.append(f"  checker: {self.checker}")
         lines.append("  tests:")
         lines += [f"    - {t}" for t in self.tests]
         return "\n".join(lines)
 
 
 _REQUIRED = {"title": str, "statement": str, "assumptions": list, "tests": list}
-_OPTIONAL = {"sympy": str, "proof": str}
+_OPTIONAL = {"sympy": str, "proof": str, "checker": str}
 
 
 def load_claims(path: str | Path | None = None) -> list[Claim]:
@@ -111,6 +115,7 @@ def load_claims(path: str | Path | None = None) -> list[Claim]:
                 sympy=table.get("sympy") or None,
                 proof=table.get("proof") or None,
                 tests=tuple(table["tests"]),
+                checker=table.get("checker") or None,
             )
         )
     return claims
@@ -189,6 +194,8 @@ class ClaimTrace(ResultMixin):
     proof: str | None
     proof_exists: bool | None
     problems: tuple[str, ...]
+    checker: str | None = None
+    checker_resolves: bool | None = None
 
     @property
     def traced(self) -> bool:
@@ -222,19 +229,17 @@ class TraceabilityReport(ResultMixin):
         return d
 
     def __str__(self) -> str:
-        from rich.console import Console
-        from rich.table import Table
-
         table = Table(title=f"Claims traceability ({self.claims_path})", show_lines=False)
-        for col in ("claim", "title", "tests", "sympy", "proof", "status"):
+        for col in ("claim", "title", "tests", "sympy", "checker", "proof", "status"):
             table.add_column(col)
         for c in self.claims:
             n_ok = sum(t.exists for t in c.tests)
             tests = f"{n_ok}/{len(c.tests)} exist" if c.tests else "none"
             sympy = "-" if c.sympy is None else (f"{c.sympy} ok" if c.sympy_resolves else f"{c.sympy} MISSING")
+            checker = "-" if c.checker is None else (c.checker if c.checker_resolves else f"{c.checker} MISSING")
             proof = "-" if c.proof is None else ("ok" if c.proof_exists else "MISSING")
-            table.add_row(c.id, c.title, tests, sympy, proof, "traced" if c.traced else "NOT TRACED")
-        console = Console(record=True, width=140, file=_NullIO(), color_system=None)
+            table.add_row(c.id, c.title, tests, sympy, checker, proof, "traced" if c.traced else "NOT TRACED")
+        console = Console(record=True, width=200, file=_NullIO(), color_system=None)
         console.print(table)
         out = console.export_text()
         problems = self.problems
@@ -266,10 +271,30 @@ def _sympy_resolves(name: str) -> tuple[bool, str]:
     return True, ""
 
 
+def checker_resolves(spec: str) -> tuple[bool, str]:
+    """Whether ``"package.module:function"`` imports and names a callable; ``(ok, reason)``."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        return False, f"checker {spec!r} is not of the form package.module:function"
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure means the checker does not resolve
+        return False, f"checker module {mod_name} does not import: {type(exc).__name__}: {exc}"
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            return False, f"checker {spec}: {mod_name} has no attribute {attr!r}"
+        obj = getattr(obj, part)
+    if not callable(obj):
+        return False, f"checker {spec} is not callable"
+    return True, ""
+
+
 def traceability(claims: list[Claim], repo_root: str | Path | None = None, *, claims_path: str | Path = "") -> (
     TraceabilityReport
 ):
-    """Check every claim: at least one test, every listed test exists, sympy name resolves, proof exists."""
+    """Check every claim: at least one test, every listed test exists, the sympy name and the checker resolve,
+    the proof exists. A claim without a checker is not traced (every claim names the one function that
+    checks it against real runs)."""
     root = Path(repo_root) if repo_root is not None else default_repo_root()
     traces = []
     for c in claims:
@@ -287,6 +312,13 @@ def traceability(claims: list[Claim], repo_root: str | Path | None = None, *, cl
             sympy_ok, reason = _sympy_resolves(c.sympy)
             if not sympy_ok:
                 problems.append(reason)
+        checker_ok: bool | None = None
+        if c.checker is None:
+            problems.append("names no checker (add checker = \"package.module:function\")")
+        else:
+            checker_ok, reason = checker_resolves(c.checker)
+            if not checker_ok:
+                problems.append(reason)
         proof_ok: bool | None = None
         if c.proof is not None:
             proof_ok = (root / c.proof).is_file()
@@ -302,37 +334,8 @@ def traceability(claims: list[Claim], repo_root: str | Path | None = None, *, cl
                 proof=c.proof,
                 proof_exists=proof_ok,
                 problems=tuple(problems),
+                checker=c.checker,
+                checker_resolves=checker_ok,
             )
         )
     return TraceabilityReport(claims_path=str(claims_path), repo_root=str(root), claims=tuple(traces))
-
-
-def print_table(path: str | Path | None = None, repo_root: str | Path | None = None) -> TraceabilityReport:
-    """Load the index, print the traceability table, return the report."""
-    p = Path(path) if path is not None else default_claims_path()
-    report = traceability(load_claims(p), repo_root, claims_path=p)
-    print(report, end="")
-    return report
-
-
-def run_spec_command(json_output: bool = False, path: str | Path | None = None, repo_root: str | Path | None = None) -> (
-    int
-):
-    """CLI body of ``topoverify spec``: print the table (or JSON); 0 if every claim is traced, else 1.
-
-    A missing or malformed index prints the error and returns 2.
-    """
-    import sys
-
-    p = Path(path) if path is not None else default_claims_path()
-    try:
-        claims = load_claims(p)
-    except TopoverifyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report = traceability(claims, repo_root, claims_path=p)
-    if json_output:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report, end="")
-    return 0 if report.all_traced else 1

@@ -19,14 +19,16 @@ from torch import nn
 from torch.func import hessian, jacrev, vmap
 
 import topoverify
-from topoverify.neurons.activations import U0, get_activation
-from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
-from topoverify.measure.field import block_samples
-from topoverify.neurons.layouts import detect_layers, neuron_cloud
-from topoverify.measure.pairs import max_pair_ratio
+from topoverify.checks.field_identity import autograd_neuron_gradients
+from topoverify.checks.step_bounds import stepped_copies
 from topoverify.checks.step_prediction import buffer_ratio
+from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.experiments.scenarios import default_scenario, mse_loss
-from topoverify.checks.step_bounds import take_step
+from topoverify.measure.field import block_samples
+from topoverify.measure.pairs import max_pair_ratio, ratio_stats
+from topoverify.neurons.activations import U0, get_activation
+from topoverify.neurons.layouts import detect_layers, neuron_cloud
+from topoverify.symbolic import eta_star_numeric
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def _check_certificates_against_ascent(act, seed, wd, maximize):
     assert lp.K_upper >= nrm, msg
     assert lp.mu_upper >= top, msg
     assert lp.mu_upper <= lp.K_upper  # lambda_max <= norm, and the bound keeps that
-    assert lp.K <= lp.K_upper and lp.eta_fold_certified == pytest.approx(1 / lp.mu_upper)
+    assert lp.K <= lp.K_upper and lp.eta_fold_certified == pytest.approx(eta_star_numeric(lp.mu_upper))
 
 
 @pytest.mark.parametrize("act,seed,wd,maximize", CERT_NETS, ids=lambda v: str(v))
@@ -151,13 +153,13 @@ def test_fold_estimate_is_no_guarantee_and_the_certified_rate_is_below_the_fold(
     top = torch.linalg.eigvalsh(J)[:, -1]
     sup_top = float(top.max())
     assert lp.K_fold < 0.7 * sup_top  # the estimate misses the supremum
-    eta = 0.5 * (1 / sup_top + lp.eta_fold)  # 1/sup < eta < eta_fold
+    eta = 0.5 * (eta_star_numeric(sup_top) + lp.eta_fold)  # 1/sup < eta < eta_fold
     dets = torch.linalg.det(torch.eye(cloud.shape[1], dtype=torch.float64) - eta * J)
     at_neurons = torch.linalg.det(torch.eye(cloud.shape[1], dtype=torch.float64)
                                   - eta * vmap(hessian(samples.potential))(cloud))
     assert bool((dets < 0).any()) and bool((at_neurons > 0).all())  # a fold inside the hull below eta_fold
-    assert lp.eta_fold_certified <= 1 / sup_top <= eta < lp.eta_fold
-    assert lp.mu_upper >= sup_top and not (eta * lp.mu_upper < 1)
+    assert lp.eta_fold_certified <= eta_star_numeric(sup_top) <= eta < lp.eta_fold
+    assert lp.mu_upper >= sup_top and not eta < eta_star_numeric(lp.mu_upper)
     assert "estimate" in str(lp) and "certified injective below" in str(lp)
 
 
@@ -256,7 +258,7 @@ def test_momentum_prediction_with_a_close_pair_stays_certified():
         model[0].bias[7] = model[0].bias[3]
         model[2].weight[0, 7] = model[2].weight[0, 3]
     opt = s.sgd(model, 0.02, momentum=0.9)
-    model, opt, _ = take_step(model, opt, s.loss_fn, s.batch)
+    model, opt, _ = stepped_copies(model, opt, s.loss_fn, s.batch)
     ver = topoverify.verify_step(model, opt, s.loss_fn, s.batch, hessian=False)
     lp = ver.layers[0].prediction
     layer = detect_layers(model)[0]
@@ -411,9 +413,7 @@ def test_dropout_between_linear_layers_in_eval_mode():
     batch = (torch.randn(10, 2, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64))
     layer = detect_layers(model)[0]
     samples, _ = block_samples(model, layer, mse_loss, batch)
-    model.zero_grad()
-    mse_loss(model, batch).backward()
-    grads = neuron_cloud(model, layer, {n: p.grad for n, p in model.named_parameters()})
+    grads = autograd_neuron_gradients(model, layer, mse_loss, batch)
     torch.testing.assert_close(samples.gradient(neuron_cloud(model, layer)), grads, rtol=1e-10, atol=1e-13)
     ver = topoverify.verify_step(model, torch.optim.SGD(model.parameters(), lr=0.05), mse_loss, batch)
     assert ver.holds is True and ver.holds_certified is True
@@ -478,7 +478,6 @@ def test_huge_learning_rate_is_compared_on_finite_distances_or_reported_non_fini
 
 
 def test_distances_beyond_the_float64_range_are_a_non_finite_error():
-    from topoverify.measure.pairs import ratio_stats
     before = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     after = torch.tensor([[-1.5e308, 0.0], [1.5e308, 0.0], [0.0, 1.0]], dtype=torch.float64)
     with pytest.raises(NonFiniteError):
@@ -502,10 +501,6 @@ def test_a_layer_without_two_distinct_neurons_has_no_verdict():
 def test_max_pair_ratio_stays_an_upper_bound_when_squared_distances_would_underflow(x_gap, y_gap):
     """Differences far below the rows' magnitude: their squares are subnormal or zero in float64, so a ratio
     of squared norms underflows. The bound must still be ≥ the exact ratio, and tight."""
-    from fractions import Fraction
-
-    from topoverify.measure.pairs import max_pair_ratio
-
     X = torch.tensor([[1.0, 0.0], [1.0, x_gap]], dtype=torch.float64)
     Y = torch.tensor([[1.0, 0.0], [1.0, y_gap]], dtype=torch.float64)
     exact = Fraction(y_gap) / Fraction(x_gap)

@@ -1,12 +1,18 @@
 """T6: symmetry is absorbing — identical neurons with identical state stay identical under every
 permutation-equivariant rule, for many real steps; per-coordinate noise breaks it."""
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
+from topoverify import topology as T
+from topoverify.experiments.snapshots import optimizer_state_cloud
+from topoverify.measure.merges import count_coincident_pairs, count_distinct, merge_clusters, merged_pairs
 from topoverify.neurons.layouts import detect_layers, neuron_cloud
-from topoverify.measure.topology import count_distinct
+from topoverify.strategies import clouds as S
 
 OPTIMIZERS = {
     "SGD": lambda p: torch.optim.SGD(p, lr=0.05),
@@ -110,9 +116,6 @@ def test_T6_float32_twins_stay_identical():
 def test_T6_count_on_theta_can_grow_but_not_on_theta_and_state():
     """T6 needs equal θ *and* equal state. Twins 0 and 1 with different momentum buffers separate at the next
     step: counted on θ the number of distinct neurons grows (14 -> 15); counted on (θ, s) it does not."""
-    from topoverify import topology as T
-    from topoverify.experiments.sweep import optimizer_state_cloud
-
     model = model_with_twins()
     layer = detect_layers(model)[0]
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -137,9 +140,6 @@ def test_T6_count_on_theta_can_grow_but_not_on_theta_and_state():
 @pytest.mark.parametrize("name", ["SGD-momentum", "Adam"])
 def test_T6_merge_tracker_on_real_steps(name):
     """Twins with equal state stay one class along 50 real steps (to round-off), and nothing merges."""
-    from topoverify import topology as T
-    from topoverify.experiments.sweep import optimizer_state_cloud
-
     model = model_with_twins()
     layer = detect_layers(model)[0]
     opt = OPTIMIZERS[name](model.parameters())
@@ -150,3 +150,16 @@ def test_T6_merge_tracker_on_real_steps(name):
     assert state is not None and state.shape[1] > 0
     rep = tracker.update(neuron_cloud(model, layer), state)
     assert rep.state_known and rep.merged == 0 and rep.separated == [] and rep.classes == 14
+
+
+@given(S.point_clouds(1, 40, dim=st.sampled_from([1, 3]), duplicates=True), st.sampled_from(["float64", "float32"]))
+def test_T6_one_merge_counter_for_predictions_and_topology(cloud, dtype):
+    """The coincident pairs a step prediction reports (``merged_pairs``) are the exact merges topology counts:
+    one implementation, whatever the dtype (float32 rows compared exactly) or the sign of zero."""
+    x = torch.tensor(cloud.astype(dtype))
+    pairs = count_coincident_pairs(x)
+    assert pairs == len(merged_pairs(cloud.astype(dtype))) == sum(
+        len(g) * (len(g) - 1) // 2 for g in merge_clusters(x))
+    assert count_distinct(x) == len(cloud) - sum(len(g) - 1 for g in merge_clusters(x))
+    signed = np.concatenate([cloud[:1] * 0.0, -(cloud[:1] * 0.0)])  # 0.0 and -0.0: equal numbers
+    assert count_coincident_pairs(torch.tensor(signed)) == 1

@@ -8,12 +8,17 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
+import persim  # a test dependency (pyproject's "test" extra)
 import pytest
+import ripser
 import sympy as sp
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import topoverify.symbolic as S
+from topoverify.errors import TopoverifyError
 
 x = sp.Symbol("x", positive=True)  # x = eta*K
 eta, K = S.ETA, S.K
@@ -352,7 +357,7 @@ def test_T5_H0_sorted_log_deaths_move_by_at_most_eps(d, x_, data):
     factors = [data.draw(st.floats(1 - x_, 1 + x_, allow_nan=False)) for _ in d]
     new = sorted(v * f for v, f in zip(d, factors))
     old = sorted(d)
-    eps = -math.log1p(-x_)
+    eps = S.interleaving_epsilon_numeric(1 - x_, 1 + x_)
     for o, n_ in zip(old, new):
         assert abs(math.log(n_) - math.log(o)) <= eps + 1e-12
 
@@ -414,3 +419,113 @@ def test_T6_exact_equality_after_many_steps_of_an_adam_like_rule():
     assert clean_f[0] == clean_f[1] and clean_f[0] != clean_f[2]
     noisy_f = _adam_like_run(grads_f, [0.2, 0.2, -0.5], steps=300, noise_scale=1e-6, **floats)
     assert noisy_f[0] != noisy_f[1]
+
+
+# --------------------------------------------------------------------------------------------- T7
+
+
+def _vec(data, dim, scale):
+    return np.array([data.draw(st.floats(-scale, scale, allow_nan=False)) for _ in range(dim)])
+
+
+def test_T7_momentum_K_eff_by_the_triangle_inequality():
+    """||c_g dg + c_b db|| <= c_g ||dg|| + c_b ||db|| <= (c_g K + c_b rho_b) d needs c_g, c_b >= 0, which holds
+    for mu >= 0 and 0 <= tau <= 1 in all four cases; K_eff then plays K's role in T2's factors."""
+    d = sp.Symbol("d", positive=True)
+    sigma = sp.Symbol("sigma", nonnegative=True)  # sigma = 1 - tau >= 0
+    for nesterov in (False, True):
+        for first in (False, True):
+            c_g, c_b = S.sgd_momentum_coefficients(nesterov=nesterov, first_step=first)
+            for c in (c_g, c_b):  # a polynomial in mu >= 0, 1 - tau >= 0 with coefficients >= 0 is >= 0
+                poly = sp.Poly(sp.expand(c.subs(S.TAU, 1 - sigma)), S.MU, sigma)
+                assert all(coef >= 0 for coef in poly.coeffs()), c
+            k_eff = S.momentum_K_eff(c_g, c_b)
+            assert sp.expand(k_eff * d - (c_g * K * d + c_b * S.RHO_B * d)) == 0
+            lo, hi = S.one_step_bounds(eta, k_eff)
+            assert sp.expand(hi - (1 + eta * (c_g * K + c_b * S.RHO_B))) == 0 and sp.expand(lo + hi) == 2
+
+
+@given(data=st.data(), mu=st.floats(0.0, 0.99), tau=st.floats(0.0, 1.0), nesterov=st.booleans(),
+       lr=st.floats(1e-3, 2.0), K_=st.floats(0.0, 5.0), rho=st.floats(0.0, 5.0))
+def test_T7_momentum_step_stays_in_the_K_eff_band(data, mu, tau, nesterov, lr, K_, rho):
+    """Any gradient and buffer differences within K d and rho_b d give a ratio inside 1 -/+ lr K_eff."""
+    dtheta = _vec(data, 3, 1.0)
+    dist = float(np.linalg.norm(dtheta))
+    if dist < 1e-6:
+        return
+    dg, db = _vec(data, 3, 1.0), _vec(data, 3, 1.0)
+    dg *= K_ * dist / max(np.linalg.norm(dg), 1e-300) * data.draw(st.floats(0.0, 1.0))
+    db *= rho * dist / max(np.linalg.norm(db), 1e-300) * data.draw(st.floats(0.0, 1.0))
+    c_g, c_b = S.sgd_momentum_coefficients_numeric(mu, tau, nesterov=nesterov)
+    k_eff = float(S.momentum_K_eff(c_g, c_b).subs({S.K: K_, S.RHO_B: rho}))
+    ratio = float(np.linalg.norm(dtheta - lr * (c_g * dg + c_b * db))) / dist
+    lo, hi = S.bounds_numeric(k_eff, lr)
+    assert lo - 1e-9 <= ratio <= hi + 1e-9
+
+
+def test_T7_additive_step_triangle_inequality():
+    """theta'_i - theta'_j = (theta_i - theta_j) - eta (u_i - u_j), so | ||.'|| - ||.|| | <= eta ||u_i - u_j||
+    <= eta (||u_i|| + ||u_j||) <= 2 eta U = ADDITIVE_DELTA."""
+    ti, tj, ui, uj = (sp.Matrix(sp.symbols(f"{n}0:3", real=True)) for n in ("ti", "tj", "ui", "uj"))
+    assert sp.simplify(((ti - eta * ui) - (tj - eta * uj)) - ((ti - tj) - eta * (ui - uj))) == sp.zeros(3, 1)
+    lo, hi = S.additive_step_bounds()
+    assert sp.expand(hi - S.DIST) == sp.expand(S.DIST - lo) == eta * S.DU
+    assert sp.expand(S.additive_step_bounds(du=2 * S.U_SUP)[1] - S.DIST - S.ADDITIVE_DELTA) == 0
+
+
+@given(data=st.data(), lr=st.floats(1e-3, 1.0), u_sup=st.floats(0.0, 3.0))
+def test_T7_additive_step_moves_rips_diagrams_by_at_most_delta(data, lr, u_sup):
+    """Every pairwise distance moves by at most delta, so VR_r(X) c VR_{r+delta}(X') and back: the absolute
+    Rips diagrams (ripser, diameter filtration) are within bottleneck distance delta (persim's convention)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    X = rng.normal(size=(18, 2))
+    u = rng.normal(size=X.shape)
+    u *= u_sup * rng.uniform(0, 1, size=(len(X), 1)) / np.linalg.norm(u, axis=1, keepdims=True)
+    Y = X - lr * u
+    delta = S.additive_delta_numeric(lr, u_sup)
+    dx = np.linalg.norm(X[:, None] - X[None], axis=-1)
+    dy = np.linalg.norm(Y[:, None] - Y[None], axis=-1)
+    assert np.max(np.abs(dy - dx)) <= delta + 1e-12
+    dgx, dgy = ripser.ripser(X, maxdim=1)["dgms"], ripser.ripser(Y, maxdim=1)["dgms"]
+    for a, b in zip(dgx, dgy):
+        a, b = a[np.isfinite(a[:, 1])], b[np.isfinite(b[:, 1])]
+        assert persim.bottleneck(a, b) <= delta + 1e-9
+
+
+def test_T7_sign_rule_update_norm_is_sqrt_D():
+    """A sign rule's update of one neuron has entries in {-1, 0, 1}: its norm is at most sqrt(D), with equality
+    for entries +-1; so U = sqrt(D) and delta = 2 lr sqrt(D)."""
+    assert S.sign_rule_sup_norm() == sp.sqrt(S.DIM)
+    for dim in range(1, 6):
+        norms = {math.sqrt(sum(v * v for v in signs)) for signs in itertools.product((-1, 0, 1), repeat=dim)}
+        assert max(norms) == pytest.approx(float(S.sign_rule_sup_norm(dim)))
+    g = torch.randn(1000, 7, dtype=torch.float64)
+    assert float(torch.sign(g).norm(dim=1).max()) <= float(S.sign_rule_sup_norm(7)) + 1e-12
+    assert S.ADDITIVE_DELTA.subs(S.U_SUP, S.sign_rule_sup_norm()) == 2 * eta * sp.sqrt(S.DIM)
+
+
+# --------------------------------------------------------------------------------------------- T8
+
+
+def test_T8_collective_mode_changes_no_pairwise_distance():
+    """Moving every neuron by the same vector v leaves every theta_i - theta_j unchanged."""
+    thetas = [sp.Matrix(sp.symbols(f"t{i}_0:3", real=True)) for i in range(4)]
+    v = sp.Matrix(sp.symbols("v0:3", real=True))
+    for i, j in itertools.combinations(range(4), 2):
+        assert sp.simplify((thetas[i] + v) - (thetas[j] + v) - (thetas[i] - thetas[j])) == sp.zeros(3, 1)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_T8_K_can_be_far_below_lambda_max(n):
+    """u = (c 11^T + k I) theta: lambda_max = n c + k on the collective mode, every other eigenvalue is k (the
+    pairwise-difference directions), and u_i - u_j = k (theta_i - theta_j), so K = k while lambda_max / K
+    grows without bound in n and c."""
+    c, k = sp.symbols("c k", positive=True)
+    ex = S.collective_mode_example(n, c, k)
+    assert all(r == 0 for r in ex.pairwise_residuals) and ex.pairwise_K == k
+    assert ex.matrix.eigenvals() == {n * c + k: 1, k: n - 1}
+    assert sp.simplify(ex.lambda_max - (n * c + k)) == 0 and ex.collective_eigenvalue == n * c + k
+    assert sp.limit(ex.lambda_max / ex.pairwise_K, c, sp.oo) == sp.oo
+    with pytest.raises(TopoverifyError):
+        S.collective_mode_example(1)
+

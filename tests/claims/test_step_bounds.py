@@ -15,20 +15,18 @@ from hypothesis import strategies as st
 from torch import nn
 
 from topoverify import predict_step, verify_step
-from topoverify.errors import (
-    LayoutError,
-    NonFiniteError,
-    TopoverifyError,
-    UnsupportedError,
-)
-from topoverify.measure.field import block_samples
-from topoverify.neurons.layouts import detect_layers, explicit_layer, neuron_cloud
-from topoverify.measure.pairs import ratio_stats
+from topoverify.checks.multistep import verify_steps
+from topoverify.checks.step_bounds import stepped_copies
 from topoverify.checks.step_prediction import BREAKDOWN_POSSIBLE, PRESERVING
+from topoverify.errors import LayoutError, NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.experiments.scenarios import circle_mlp, default_scenario, mse_loss
-from topoverify.strategies.models import SMOOTH_ACTIVATIONS, make_batch, mlp_specs
-from topoverify.symbolic import multistep_bounds_numeric
-from topoverify.checks.step_bounds import take_step
+from topoverify.experiments.small_nets import SMOOTH_ACTIVATIONS, make_batch
+from topoverify.measure.field import block_samples
+from topoverify.measure.hessian import top_hessian_eigenvalue
+from topoverify.measure.pairs import ratio_stats
+from topoverify.neurons.layouts import detect_layers, explicit_layer, neuron_cloud
+from topoverify.strategies.models import mlp_specs
+from topoverify.symbolic import bounds_numeric, eta_star_numeric
 
 SMOOTH_ARCHS = mlp_specs(max_depth=2, max_width=10, activation_names=SMOOTH_ACTIVATIONS, max_in=3, max_out=2)
 
@@ -44,7 +42,7 @@ def test_T2_sgd_step_inside_certified_bounds(arch, seed, fraction, momentum, wei
     probe = torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum, weight_decay=weight_decay,
                             maximize=maximize)
     if momentum:  # give the buffer a history so that the conditional momentum bound is exercised
-        model, probe, _ = take_step(model, probe, mse_loss, batch)
+        model, probe, _ = stepped_copies(model, probe, mse_loss, batch)
     pred = predict_step(model, probe, mse_loss, batch, hessian=False)
     lr = fraction * min(lp.eta_star for lp in pred.layers)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -67,7 +65,8 @@ def test_T2_wrong_K_is_caught():
     pred = predict_step(model, opt, s.loss_fn, s.batch)
     lp = pred.layers[0]
     wrong_K = lp.K / 10
-    wrong = dataclasses.replace(lp, K=wrong_K, K_eff=wrong_K, lower=1 - 0.04 * wrong_K, upper=1 + 0.04 * wrong_K)
+    lower, upper = bounds_numeric(wrong_K, 0.04)
+    wrong = dataclasses.replace(lp, K=wrong_K, K_eff=wrong_K, lower=lower, upper=upper)
     bad = verify_step(model, opt, s.loss_fn, s.batch, prediction=dataclasses.replace(pred, layers=(wrong,)))
     good = verify_step(model, opt, s.loss_fn, s.batch, prediction=pred)
     assert good.holds and not bad.holds
@@ -104,20 +103,21 @@ def test_T3_predicted_eta_star_matches_sweep_onset():
     pred = predict_step(model, torch.optim.SGD(model.parameters(), lr=1.0), s.loss_fn, s.batch, hessian=False,
                         fold=True)
     lp = pred.layers[0]
-    assert lp.eta_star_certified <= lp.eta_star <= 1 / lam_plus * (1 + 1e-6)
+    eta_fold_exact = eta_star_numeric(lam_plus)  # T3's one-sided form: the pair folds at η = 1/λ_+
+    assert lp.eta_star_certified <= lp.eta_star <= eta_fold_exact * (1 + 1e-6)
     layer = detect_layers(model)[0]
     before = neuron_cloud(model, layer)
-    etas = torch.linspace(0.02, 2.0, 100).tolist() + [1 / lam_plus]
+    etas = torch.linspace(0.02, 2.0, 100).tolist() + [eta_fold_exact]
     min_ratio = {}
     for eta in etas:
-        after_model, _, _ = take_step(model, torch.optim.SGD(model.parameters(), lr=eta), s.loss_fn, s.batch)
+        after_model, _, _ = stepped_copies(model, torch.optim.SGD(model.parameters(), lr=eta), s.loss_fn, s.batch)
         st_ = ratio_stats(before, neuron_cloud(after_model, layer), -math.inf, math.inf)
         min_ratio[eta] = st_.min_ratio
         if eta < lp.eta_star_certified:
-            assert st_.min_ratio >= 1 - eta * lp.K_upper - 1e-9  # T2 lower bound, hence injective
+            assert st_.min_ratio >= bounds_numeric(lp.K_upper, eta)[0] - 1e-9  # T2 lower bound, hence injective
     onset = min(min_ratio, key=min_ratio.get)  # the η at which the closest approach happens
     assert min_ratio[onset] < 0.05  # a genuine near-fold...
-    assert onset == pytest.approx(1 / lam_plus, rel=0.03)  # ...exactly where predicted
+    assert onset == pytest.approx(eta_fold_exact, rel=0.03)  # ...exactly where predicted
     assert onset >= lp.eta_star * (1 - 1e-6)  # and never below the predicted critical rate
     # the gradient-step refinement: only the top *positive* eigenvalue folds, so η* ≤ η_fold ≤ the onset
     assert lp.eta_star * (1 - 1e-6) <= lp.eta_fold <= onset * (1 + 1e-6)
@@ -125,35 +125,25 @@ def test_T3_predicted_eta_star_matches_sweep_onset():
 
 def test_T4_multistep_product_bound_holds():
     """Over T real steps with per-step predicted K_t: ∏(1 − η K_t) ≤ ratio ≤ ∏(1 + η K_t) for every pair,
-    with a cosine learning-rate schedule."""
+    with a cosine learning-rate schedule, for the estimated and the certified K_t."""
     s = default_scenario(n=24)
     model = s.model()
-    layer = detect_layers(model)[0]
-    start = neuron_cloud(model, layer)
-    Ks, lrs, Ks_cert = [], [], []
     T = 8
-    for t in range(T):
-        lr = 0.02 + 0.02 * (1 + math.cos(math.pi * t / T))
-        opt = s.sgd(model, lr)
-        lp = predict_step(model, opt, s.loss_fn, s.batch, hessian=False, step=t).layers[0]
-        Ks.append(lp.K)
-        Ks_cert.append(lp.K_upper)
-        lrs.append(lr)
-        model, _, _ = take_step(model, opt, s.loss_fn, s.batch)
-    for K_seq in (Ks, Ks_cert):
-        b = multistep_bounds_numeric(K_seq, lrs)
-        st_ = ratio_stats(start, neuron_cloud(model, layer), float(b.lower), float(b.upper))
-        assert st_.violations == 0
-        assert float(b.lower) <= st_.min_ratio and st_.max_ratio <= float(b.upper)
+    lrs = [0.02 + 0.02 * (1 + math.cos(math.pi * t / T)) for t in range(T)]
+    ver = verify_steps(model, s.sgd(model, lrs[0]), s.loss_fn, s.batch, steps=T, schedule=lrs.__getitem__)
+    lv = ver.layers[0]
+    assert ver.holds is True and ver.holds_certified is True, str(ver)
+    assert list(lv.lrs) == lrs and len(set(lv.Ks)) > 1  # the schedule was followed; K_t was re-predicted
+    assert lv.lower_certified <= lv.lower <= lv.min_ratio and lv.max_ratio <= lv.upper <= lv.upper_certified
     # not vacuous: the cloud really moved
-    assert st_.max_ratio > 1 + 1e-3 or st_.min_ratio < 1 - 1e-3
+    assert lv.max_ratio > 1 + 1e-3 or lv.min_ratio < 1 - 1e-3
 
 
 def test_predict_and_verify_do_not_mutate_model_or_optimizer():
     s = default_scenario(n=16)
     model = s.model()
     opt = s.sgd(model, 0.04, momentum=0.9)
-    model, opt, _ = take_step(model, opt, s.loss_fn, s.batch)
+    model, opt, _ = stepped_copies(model, opt, s.loss_fn, s.batch)
     model_before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = opt.state_dict()
     buf_before = {k: {n: t.clone() for n, t in v.items()} for k, v in opt_before["state"].items()}
@@ -167,6 +157,30 @@ def test_predict_and_verify_do_not_mutate_model_or_optimizer():
         for n, t in v.items():
             assert torch.equal(t, buf_before[k][n])
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads_before))
+
+
+def test_verify_step_returns_the_stepped_copies_and_leaves_the_callers_objects_alone():
+    """model_after/optimizer_after are the real step (equal to a manual step on a copy, momentum buffer
+    included), so a run continues from them; the caller's model is unchanged and they stay out of to_dict."""
+    s = default_scenario(n=12)
+    model = s.model()
+    opt = s.sgd(model, 0.04, momentum=0.9)
+    model, opt, _ = stepped_copies(model, opt, s.loss_fn, s.batch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ver = verify_step(model, opt, s.loss_fn, s.batch, hessian=False)
+    manual, manual_opt, _ = stepped_copies(model, opt, s.loss_fn, s.batch)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    stepped = dict(ver.model_after.named_parameters())
+    for name, p in manual.named_parameters():
+        assert torch.equal(stepped[name], p) and not torch.equal(p, before[name])
+        assert torch.equal(ver.optimizer_after.state[stepped[name]]["momentum_buffer"],
+                           manual_opt.state[p]["momentum_buffer"])
+    assert ver.optimizer_after.param_groups[0]["params"][0] is next(ver.model_after.parameters())
+    assert "model_after" not in ver.to_dict() and "optimizer_after" not in ver.to_dict()
+    assert "model_after" not in repr(ver)
+    # continuing from the stepped copies is the next real step
+    nxt = verify_step(ver.model_after, ver.optimizer_after, s.loss_fn, s.batch, hessian=False)
+    assert nxt.loss_before == pytest.approx(ver.loss_after)
 
 
 def test_loss_fn_side_effects_do_not_reach_the_callers_model():
@@ -201,7 +215,7 @@ def test_momentum_prediction_is_conditional_on_the_buffer():
     opt = s.sgd(model, 0.03, momentum=0.9)
     first = predict_step(model, opt, s.loss_fn, s.batch, hessian=False).layers[0]
     assert first.rule.coef_buffer == 0 and "first step" in first.rule.description
-    model, opt, _ = take_step(model, opt, s.loss_fn, s.batch)
+    model, opt, _ = stepped_copies(model, opt, s.loss_fn, s.batch)
     ver = verify_step(model, opt, s.loss_fn, s.batch, hessian=False)
     lp = ver.layers[0].prediction
     assert lp.rule.coef_buffer == pytest.approx(0.9) and lp.momentum_rho > 0
@@ -253,7 +267,7 @@ def test_divergence_raises_a_clear_error_not_a_library_traceback():
     with pytest.raises(NonFiniteError, match=r"(loss is (nan|inf)|NaN/Inf).* (at step \d+|step \d+)"):
         for t in range(200):
             verify_step(model, opt, mse_loss, batch, step=t, hessian=False, check_layout=False)
-            model, opt, _ = take_step(model, opt, mse_loss, batch)
+            model, opt, _ = stepped_copies(model, opt, mse_loss, batch)
 
 
 def test_coincident_neurons_are_reported_and_excluded():
@@ -305,8 +319,6 @@ def test_top_hessian_eigenvalue_matches_the_exact_spectrum_and_tolerates_side_ef
     """Power iteration on double-backward Hessian-vector products: never above the exact spectral norm,
     within 1% of it after enough iterations, for the whole model and one layer; a forward pass that mutates
     a buffer (a call counter) runs on a private copy and does not break the products."""
-    from topoverify.measure.hessian import top_hessian_eigenvalue
-
     class Counting(nn.Module):
         def __init__(self):
             super().__init__()

@@ -1,4 +1,4 @@
-"""Symbolic forms of T1–T6 (topoverify.symbolic) and the numeric functions lambdified from them."""
+"""Symbolic forms of T1–T8 (topoverify.symbolic) and the numeric functions lambdified from them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import topoverify.symbolic as S
+from topoverify.cli.main import main
 from topoverify.errors import TopoverifyError
 
 pos_K = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -202,7 +203,7 @@ def test_T5_epsilon_picks_lower_side():
 
 @given(x=unit_x)
 def test_T5_epsilon_at_least_log_one_plus(x):
-    assert -math.log1p(-x) >= math.log1p(x) - 1e-15
+    assert S.interleaving_epsilon_numeric(1 - x, 1 + x) >= math.log1p(x) - 1e-15
     eps = S.epsilon_numeric(1.0, x) if x > 0 else 0.0
     assert eps >= math.log1p(x) - 1e-12
 
@@ -257,6 +258,80 @@ def test_T6_per_coordinate_noise_leaves_residual():
     assert ds == 0
 
 
+# --------------------------------------------------------------------------------------------- T7
+
+
+def test_T7_momentum_coefficients_follow_from_the_sgd_recursion():
+    mu, tau = S.MU, S.TAU
+    assert S.sgd_momentum_coefficients() == (1 - tau, mu)
+    c_g, c_b = S.sgd_momentum_coefficients(nesterov=True)
+    assert sp.simplify(c_g - (1 + mu * (1 - tau))) == 0 and sp.simplify(c_b - mu**2) == 0
+    assert S.sgd_momentum_coefficients(first_step=True) == (1, 0)
+    c_g, c_b = S.sgd_momentum_coefficients(nesterov=True, first_step=True)
+    assert sp.simplify(c_g - (1 + mu)) == 0 and c_b == 0
+    with pytest.raises(TopoverifyError, match="momentum"):
+        S.sgd_momentum_coefficients_numeric(-0.5)
+
+
+@given(mu=st.floats(0.05, 0.99), tau=st.floats(0.0, 1.0), nesterov=st.booleans(), lr=st.floats(1e-3, 1.0),
+       g1=st.floats(-3, 3), g2=st.floats(-3, 3))
+def test_T7_momentum_coefficients_match_torch_sgd(mu, tau, nesterov, lr, g1, g2):
+    """Two real torch.optim.SGD steps on one coordinate: each moves it by lr (c_g g + c_b b), b the buffer
+    before the step (T7(a)); torch's Nesterov needs zero dampening."""
+    tau = 0.0 if nesterov else tau
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=lr, momentum=mu, dampening=tau, nesterov=nesterov)
+    buffer = 0.0
+    for first, g in ((True, g1), (False, g2)):
+        c_g, c_b = S.sgd_momentum_coefficients_numeric(mu, tau, nesterov=nesterov, first_step=first)
+        before = float(p.detach())
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+        assert before - float(p.detach()) == pytest.approx(lr * (c_g * g + c_b * buffer), rel=1e-12, abs=1e-14)
+        buffer = float(opt.state[p]["momentum_buffer"])
+
+
+@given(lr=pos_lr, u_sup=st.floats(0.0, 1e3, allow_nan=False))
+def test_T7_additive_delta_numeric_agrees_with_sympy(lr, u_sup):
+    assert S.ADDITIVE_DELTA == 2 * S.ETA * S.U_SUP
+    exact = float(S.ADDITIVE_DELTA.subs({S.ETA: sp.Float(lr, 30), S.U_SUP: sp.Float(u_sup, 30)}))
+    assert S.additive_delta_numeric(lr, u_sup) == pytest.approx(exact, rel=1e-12, abs=1e-300)
+
+
+def test_T7_additive_delta_bad_input_names_the_fix():
+    with pytest.raises(TopoverifyError, match="lr"):
+        S.additive_delta_numeric(0.0, 1.0)
+    with pytest.raises(TopoverifyError, match="sqrt"):
+        S.additive_delta_numeric(0.1, -1.0)
+
+
+# --------------------------------------------------------------------------------------------- T8
+
+
+def test_T8_gd_on_a_quadratic_is_stable_iff_eta_lambda_below_2():
+    assert sp.simplify(S.gd_quadratic_step() - (1 - S.ETA * S.LAM)) == 0
+    assert S.solve_gd_quadratic_stability() == sp.Interval.open(0, 2 / S.LAM)
+    assert S.EDGE_OF_STABILITY == 2 / S.LAM
+    # the iteration itself: |x_t| -> 0 inside, stays (|factor| = 1) at the edge, grows outside
+    lam = 3.0
+    for eta_lam, expect in ((0.5, "converges"), (1.9, "converges"), (2.0, "stays"), (2.1, "grows"), (-0.1, "grows")):
+        factor = float(S.gd_quadratic_step().subs({S.ETA: eta_lam / lam, S.LAM: lam}))
+        x = 1.0
+        for _ in range(200):
+            x *= factor
+        got = "converges" if abs(x) < 1e-3 else ("stays" if abs(x) == pytest.approx(1.0) else "grows")
+        assert got == expect, (eta_lam, x)
+
+
+@given(lam=st.floats(1e-6, 1e6, allow_nan=False))
+def test_T8_edge_of_stability_numeric_agrees_with_sympy(lam):
+    exact = float(S.EDGE_OF_STABILITY.subs(S.LAM, sp.Float(lam, 30)))
+    assert S.edge_of_stability_numeric(lam) == pytest.approx(exact, rel=1e-12)
+    assert S.edge_of_stability_numeric(0.0) == math.inf and S.edge_of_stability_numeric(-lam) == math.inf
+    with pytest.raises(TopoverifyError, match="NaN"):
+        S.edge_of_stability_numeric(float("nan"))
+
+
 # --------------------------------------------------------------------------------------------- summary / CLI
 
 
@@ -266,7 +341,7 @@ def test_bound_summary_fields_and_str():
     assert s.phase == "preserving"
     assert (s.one_step_lower, s.one_step_upper) == pytest.approx((0.75, 1.25))
     assert s.multistep_lower == pytest.approx(0.75**10) and s.multistep_upper == pytest.approx(1.25**10)
-    assert s.epsilon == pytest.approx(-math.log(0.75))
+    assert s.epsilon == pytest.approx(S.interleaving_epsilon_numeric(0.75, 1.25))
     assert s.survival_threshold == pytest.approx(2 * s.epsilon)
     text = str(s)
     assert "eta*" in text and "preserving" in text and "10-step" in text
@@ -321,12 +396,12 @@ def test_bad_numeric_inputs_raise():
         S.absorbing_symmetry_residuals(3, 1, 1)
 
 
-def test_run_bounds_command(capsys):
-    assert S.run_bounds_command(2.5, 0.1, 10) == 0
+def test_bounds_command(capsys):
+    assert main(["bounds", "--K", "2.5", "--lr", "0.1", "--steps", "10"]) == 0
     out = capsys.readouterr().out
     assert "eta* = 1/K" in out and "0.4" in out
-    assert S.run_bounds_command(2.5, 0.1, 10, json_output=True) == 0
+    assert main(["bounds", "--K", "2.5", "--lr", "0.1", "--steps", "10", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["eta_star"] == pytest.approx(0.4)
-    assert S.run_bounds_command(-2.5, 0.1, 10) == 2
+    assert main(["bounds", "--K", "-2.5", "--lr", "0.1", "--steps", "10"]) == 2
     assert "K must be" in capsys.readouterr().err

@@ -1,12 +1,38 @@
-"""``topoverify check-optimizer``: exit codes, --json, --kwargs, errors."""
+"""The command line: ``topoverify check-optimizer`` (exit codes, --json, --kwargs, errors) and the one-module-
+per-subcommand dispatch (``verify-step`` takes every real step once)."""
 
 import json
 
 import pytest
+import torch
 
-from topoverify.cli.main import main
+from topoverify.cli import bounds, check_optimizer, spec, verify_step
+from topoverify.cli.main import build_parser, main
 
 FAST = ["--examples", "3", "--no-conv"]
+
+
+def test_every_subcommand_is_dispatched_to_its_own_module():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == ["bounds", "check-optimizer", "spec", "verify-step"]
+    for name, module in [("bounds", bounds), ("check-optimizer", check_optimizer), ("spec", spec),
+                         ("verify-step", verify_step)]:
+        assert sub.choices[name].get_default("func") is module.run
+
+
+def test_verify_step_takes_each_real_step_once(monkeypatch, capsys):
+    """verify_step steps private copies; the command continues from them instead of stepping again."""
+    calls = []
+    real_step = torch.optim.SGD.step
+
+    def counting_step(self, *args, **kwargs):
+        calls.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", counting_step)
+    assert main(["verify-step", "--lr", "0.04", "--steps", "3", "--neurons", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps_checked"] == 3 and len(calls) == 3
 
 
 def test_equivariant_exit_0_and_json(capsys):

@@ -1,6 +1,7 @@
 """Tests of the equivariance checker (issue 3): torch.optim rules are equivariant, verdicts, options."""
 
 import json
+import threading
 
 import pytest
 import torch
@@ -23,13 +24,17 @@ from topoverify.checks.equivariance import (
     EquivarianceReport,
     Interrupted,
     assert_equivariant,
-    check_identical_neurons,
     equivariance_error,
     fixed_permutations,
     run_example,
 )
-from topoverify.checks.equivariance.runner import OptimizerSetup
-from topoverify.strategies.models import ArchSpec, TrainingExample
+from topoverify.checks.equivariance import example, roundoff
+from topoverify.checks.equivariance.training import OptimizerSetup
+from topoverify.checks.merges import check_identical_neurons
+from topoverify.errors import TopoverifyError
+from topoverify.experiments.small_nets import ArchSpec, TrainingExample
+from topoverify.neurons.layouts import ParamAxis
+from topoverify.neurons.permute import state_readings
 
 FAST = dict(examples=4, conv=False, shrink_time=2.0)
 
@@ -174,7 +179,6 @@ def test_t6_identical_neurons():
 
 
 def test_bad_dtype_is_a_topoverify_error():
-    from topoverify.errors import TopoverifyError
     with pytest.raises(TopoverifyError):
         equivariance_error(torch.optim.SGD, dtype="int64")
 
@@ -201,13 +205,12 @@ def test_roundoff_probes_excuse_a_departure_after_the_rules_own_horizon(monkeypa
     """Without the floor probe (its floors and its cut), the permuted run departs by O(1) at step CALM + 1.
     The round-off probes - unpermuted reruns perturbed by a few ulps - depart there as well, by as much: the
     departure is numerical and the example is compared up to step CALM."""
-    from topoverify.checks.equivariance import runner
-    monkeypatch.setattr(runner, "floor_probe", lambda *a, **k: ({}, None))
+    monkeypatch.setattr(example, "floor_probe", lambda *a, **k: ({}, None))
     res = run_example(LastBitSensitive, CHAOS_EXAMPLE, OptimizerSetup(), steps=CALM + 3, perms=[CHAOS_EXAMPLE.perm])
     assert not res.failed, res.mismatch
     assert res.numerical is not None and res.numerical.step == CALM + 1
-    assert res.compared_steps == CALM and res.cut_by is not None and res.cut_by.probes == runner.PROBES
-    assert res.numerical_own * runner.COMPARABLE >= min(res.numerical.observed, 1.0)
+    assert res.compared_steps == CALM and res.cut_by is not None and res.cut_by.probes == roundoff.PROBES
+    assert res.numerical_own * roundoff.COMPARABLE >= min(res.numerical.observed, 1.0)
     assert res.cut_by.separation(CALM) < 1e-3 < res.cut_by.separation(CALM + 1)
 
 
@@ -341,8 +344,6 @@ def test_a_closure_called_under_no_grad_still_computes_gradients():
 
 
 def test_state_readings_cover_the_known_actions():
-    from topoverify.neurons.layouts import ParamAxis
-    from topoverify.neurons.permute import state_readings
     perm = torch.tensor([2, 0, 1])
     w = torch.randn(3, 5, dtype=torch.float64)  # a producing weight: neurons on axis 0
     member = ParamAxis("w", 0, 1)
@@ -383,7 +384,6 @@ def test_an_example_over_the_time_limit_is_an_error_naming_the_hang():
 
 def test_the_time_limit_holds_off_the_main_thread_between_steps():
     # no alarm off the main thread: the limit is checked after each step (a 3 s step ends the 2 s example)
-    import threading
     out = []
     worker = threading.Thread(target=lambda: out.append(equivariance_error(
         SlowOnLarge, optimizer_kwargs={"stall": 3.0}, timeout=2.0, **HANG)))

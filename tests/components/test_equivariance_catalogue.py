@@ -4,7 +4,7 @@ import pytest
 from broken_optimizers import CATALOGUE
 
 from topoverify.checks.equivariance import equivariance_error
-from topoverify.strategies.models import ArchSpec
+from topoverify.experiments.small_nets import ArchSpec
 
 OPTIONS = dict(examples=12, shrink_time=4.0)
 

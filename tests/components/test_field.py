@@ -1,59 +1,29 @@
-"""T1 (one update field) and the K computations of topoverify.field."""
+"""The update field of topoverify.measure.field (its gradient, closed-form Hessian-vector products), the K
+computations (estimate, certified hull bounds) and the activation models behind them. T1 itself is
+tests/claims/test_field_identity.py."""
 
 import dataclasses
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from topoverify.neurons.activations import get_activation
-from topoverify.measure.field import block_samples, segment_points
-from topoverify.neurons.layouts import detect_layers, neuron_cloud
-from topoverify.neurons.permute import permute, transposition
+from topoverify.checks.field_identity import autograd_neuron_gradients
+from topoverify.errors import UnsupportedError
 from topoverify.experiments.scenarios import mse_loss as mse
-from topoverify.strategies.models import (
-    SMOOTH_ACTIVATIONS,
-    architectures,
-    make_batch,
-    mlp_specs,
-)
+from topoverify.experiments.small_nets import SMOOTH_ACTIVATIONS, make_batch
+from topoverify.measure.chunks import row_chunks
+from topoverify.measure.field import block_samples
+from topoverify.measure.sampling import segment_points
+from topoverify.neurons.activations import get_activation
+from topoverify.neurons.layouts import detect_layers, explicit_layer, neuron_cloud
+from topoverify.strategies.models import mlp_specs
 
 SMOOTH_ARCHS = mlp_specs(max_depth=2, max_width=8, activation_names=SMOOTH_ACTIVATIONS, max_in=3, max_out=2)
-
-
-def autograd_neuron_gradients(model, layer, batch):
-    model.zero_grad()
-    mse(model, batch).backward()
-    return neuron_cloud(model, layer, {n: p.grad for n, p in model.named_parameters()})
-
-
-@given(arch=architectures(max_depth=2, max_width=6), seed=st.integers(0, 1000))
-def test_T1_field_gradient_equals_autograd_gradient(arch, seed):
-    """Every neuron's gradient is one field g evaluated at that neuron: g(θ_i) = ∂L/∂θ_i (T1)."""
-    model = arch.build(seed=seed)
-    batch = make_batch(arch, 6, seed, 0)
-    for layer in detect_layers(model):
-        samples, _ = block_samples(model, layer, mse, batch)
-        g = samples.gradient(neuron_cloud(model, layer))
-        expected = autograd_neuron_gradients(model, layer, batch)
-        torch.testing.assert_close(g, expected, rtol=1e-9, atol=1e-12)
-
-
-@given(arch=architectures(max_depth=2, max_width=6), seed=st.integers(0, 1000), data=st.data())
-def test_T1_equivariance_transposition_identity(arch, seed, data):
-    """u_j(θ) = u_i(τ_ij θ): the update of neuron j equals the update of neuron i after swapping i and j."""
-    model = arch.build(seed=seed)
-    batch = make_batch(arch, 6, seed, 0)
-    layer = detect_layers(model)[0]
-    i = data.draw(st.integers(0, layer.size - 1))
-    j = data.draw(st.integers(0, layer.size - 1).filter(lambda k: k != i))
-    u = autograd_neuron_gradients(model, layer, batch)
-    swapped = permute(model, layer, transposition(layer.size, i, j))
-    u_swapped = autograd_neuron_gradients(swapped, layer, batch)
-    torch.testing.assert_close(u_swapped[i], u[j], rtol=1e-10, atol=1e-13)
 
 
 @given(arch=SMOOTH_ARCHS, seed=st.integers(0, 1000))
@@ -102,7 +72,7 @@ def test_conv_block_field_matches_autograd_and_hessian():
     for layer in detect_layers(model):
         s, _ = block_samples(model, layer, mse, batch)
         cloud = neuron_cloud(model, layer)
-        torch.testing.assert_close(s.gradient(cloud), autograd_neuron_gradients(model, layer, batch),
+        torch.testing.assert_close(s.gradient(cloud), autograd_neuron_gradients(model, layer, mse, batch),
                                    rtol=1e-9, atol=1e-13)
         assert s.hessian_norm_lower(cloud).max() <= s.hessian_norm_upper(cloud)
 
@@ -134,8 +104,6 @@ def test_activation_interval_sups(name, peak2):
 
 
 def test_explicit_layer_has_no_field_but_a_clear_reason():
-    from topoverify.errors import UnsupportedError
-    from topoverify.neurons.layouts import explicit_layer
     model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
     layer = explicit_layer("h", {"0.weight": 0, "0.bias": 0, "2.weight": 1}, model)
     with pytest.raises(UnsupportedError, match="explicit layout"):
@@ -145,7 +113,6 @@ def test_explicit_layer_has_no_field_but_a_clear_reason():
 
 def test_functional_activation_keeps_its_arguments():
     """F.softplus(x, beta=100) must not be analysed as F.softplus(x): the field must still be the gradient."""
-    import torch.nn.functional as F
 
     class Net(nn.Module):
         def __init__(self):
@@ -163,7 +130,7 @@ def test_functional_activation_keeps_its_arguments():
     layer = detect_layers(model)[0]
     s, _ = block_samples(model, layer, mse, batch)
     cloud = neuron_cloud(model, layer)
-    torch.testing.assert_close(s.gradient(cloud), autograd_neuron_gradients(model, layer, batch), rtol=1e-9,
+    torch.testing.assert_close(s.gradient(cloud), autograd_neuron_gradients(model, layer, mse, batch), rtol=1e-9,
                                atol=1e-13)
     exact = max(torch.linalg.matrix_norm(torch.func.hessian(s.potential)(z), 2) for z in cloud)
     assert s.hessian_norm_upper(cloud) >= exact
@@ -206,8 +173,14 @@ def test_celu_whose_backward_is_not_its_derivative_is_uncertified():
     ("softplus(beta=some_variable)", (("unreadable", "softplus(beta=some_variable)"),), False),
 ])
 def test_functional_activation_parameters_are_read_from_the_traced_call(key, params, certified):
-    import torch.nn.functional as F
     fn = {"softplus": F.softplus, "leaky_relu": F.leaky_relu, "gelu": F.gelu}[key.split("(")[0]]
     kwargs = dict(p for p in params if p[0] != "unreadable")
     a = get_activation(lambda x: fn(x, **kwargs), name=key.split("(")[0], key=key)
     assert a.params == params and a.certified is certified
+
+
+def test_row_chunks_cover_every_row_once_within_the_budget():
+    """The one chunk loop of measure/ (field evaluations, neighbour search, pairwise distances)."""
+    assert list(row_chunks(10, 3, budget=7)) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert list(row_chunks(3, 10**9)) == [(0, 1), (1, 2), (2, 3)]  # at least one row per chunk
+    assert list(row_chunks(0, 5)) == [] and list(row_chunks(5, 0)) == [(0, 5)]

@@ -6,11 +6,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from topoverify.errors import LayoutError
+from topoverify.errors import LayoutError, UnsupportedError
+from topoverify.neurons.activation_registry import (ACTIVATION_MODULES, ACTIVATION_TABLE, NONSMOOTH, SMOOTH,
+                                                    activation_module)
 from topoverify.neurons.layouts import detect_layers, explicit_layer, neuron_cloud
-from topoverify.neurons.permute import inverse_permutation, permute, permute_tensor, preflight
+from topoverify.neurons.permute import inverse_permutation, permute, permute_tensor
+from topoverify.neurons.preflight import preflight
 from topoverify.experiments.scenarios import mse_loss as mse
-from topoverify.strategies.models import architectures, make_batch
+from topoverify.experiments.small_nets import make_batch
+from topoverify.strategies.models import architectures
 
 
 def test_detects_mlp_layers_with_and_without_bias():
@@ -44,6 +48,35 @@ def test_functional_activation_in_forward_is_detected():
 
     (layer,) = detect_layers(Net())
     assert layer.activation == "sigmoid" and layer.size == 6
+
+
+class _Functional(nn.Module):
+    """``fc2(σ(fc1(x)))`` with σ a traced function or a tensor method name."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.fc1, self.fc2, self.act = nn.Linear(2, 4), nn.Linear(4, 1), act
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(getattr(h, self.act)() if isinstance(self.act, str) else self.act(h))
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_TABLE))
+def test_every_registered_activation_is_detected_as_its_module_function_and_method(name):
+    entry = ACTIVATION_TABLE[name]
+    (layer,) = detect_layers(nn.Sequential(nn.Linear(2, 4), activation_module(name), nn.Linear(4, 1)))
+    # a variant (gelu_tanh) is traced as its class; its parameters tell it apart later
+    assert layer.activation == (ACTIVATION_MODULES[entry.module] if entry.module_kwargs else name)
+    for act in (*entry.traced, *([entry.method] if entry.method else [])):
+        (layer,) = detect_layers(_Functional(act))
+        assert layer.activation == name and layer.chain == (name,)
+
+
+def test_registry_partitions_names_into_smooth_and_not_and_refuses_unknown_names():
+    assert SMOOTH | NONSMOOTH == set(ACTIVATION_TABLE) and not SMOOTH & NONSMOOTH
+    with pytest.raises(UnsupportedError, match="supported: .*tanh"):
+        activation_module("swish2")
 
 
 def test_no_layer_error_lists_support_and_explicit_layout():

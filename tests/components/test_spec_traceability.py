@@ -1,5 +1,6 @@
 """The spec index (spec/claims.toml) is complete and traceable: every claim has tests that exist, a sympy
-encoding that resolves where one is named, and its proof file; the checker itself can fail."""
+encoding that resolves where one is named, a checker (module:function) that imports and is callable, and its
+proof file; the traceability check itself can fail."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import pytest
 
 import topoverify.symbolic
 from topoverify.errors import TopoverifyError
+from topoverify.cli.spec import run_spec_command
 from topoverify.spec_index import (
+    checker_resolves,
     default_claims_path,
     default_repo_root,
     load_claims,
-    run_spec_command,
     test_exists,
     traceability,
 )
 
 ROOT = default_repo_root()
-CLAIM_IDS = ["T1", "T2", "T3", "T4", "T5", "T6"]
+CLAIM_IDS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"]
 OWN_TEST_FILES = {"tests/claims/test_symbolic.py", "tests/claims/test_proofs_algebra.py", "tests/components/test_spec_traceability.py"}
 
 
@@ -48,6 +50,28 @@ def test_every_sympy_name_resolves(claims):
     for c in claims:
         if c.sympy is not None:
             assert hasattr(topoverify.symbolic, c.sympy), f"{c.id}: topoverify.symbolic.{c.sympy} missing"
+
+
+def test_every_claim_names_a_checker(claims):
+    for c in claims:
+        assert c.checker, f"{c.id} names no checker"
+        module, sep, function = c.checker.partition(":")
+        assert sep and module.startswith("topoverify.") and function.isidentifier(), c.checker
+
+
+def test_every_checker_resolves(claims):
+    """Imports each checker's module and requires a callable. Fails while a planned checker module is still
+    being written (issue 9); the message names which."""
+    missing = [f"{c.id}: {reason}" for c in claims for ok, reason in [checker_resolves(c.checker)] if not ok]
+    assert not missing, "checkers that do not resolve:\n" + "\n".join(missing)
+
+
+def test_checker_resolution_can_fail():
+    assert checker_resolves("topoverify.symbolic:bound_summary") == (True, "")
+    for spec, word in [("topoverify.symbolic", "form"), ("topoverify.symbolic:no_such", "no attribute"),
+                       ("topoverify.no_such_module:f", "does not import"), ("topoverify.symbolic:ETA", "callable")]:
+        ok, reason = checker_resolves(spec)
+        assert not ok and word in reason, (spec, reason)
 
 
 def test_every_claim_with_a_sympy_form_has_a_symbolic_test_that_exists(claims):
@@ -108,7 +132,7 @@ def test_proofs_mention_only_indexed_claims():
 
 BAD_TOML = """
 [A1]
-title = "no tests"
+title = "no tests, no checker"
 assumptions = ["x"]
 statement = "s"
 tests = []
@@ -118,6 +142,7 @@ title = "bad sympy name"
 assumptions = ["x"]
 statement = "s"
 sympy = "no_such_symbolic_object"
+checker = "topoverify.symbolic:no_such_checker"
 tests = ["tests/test_ok.py::test_ok"]
 
 [A3]
@@ -125,6 +150,7 @@ title = "nonexistent test id and missing proof"
 assumptions = ["x"]
 statement = "s"
 proof = "proofs_notes/nowhere.md"
+checker = "topoverify.symbolic:bound_summary"
 tests = ["tests/test_ok.py::test_missing", "tests/test_absent.py::test_x", "tests/test_ok.py::TestC::test_nope"]
 
 [A4]
@@ -132,6 +158,7 @@ title = "fine, including a method in a class and a parametrised id"
 assumptions = ["x"]
 statement = "s"
 sympy = "one_step_bounds"
+checker = "topoverify.symbolic:bound_summary"
 proof = "proofs_notes/here.md"
 tests = ["tests/test_ok.py::test_ok", "tests/test_ok.py::TestC::test_m", "tests/test_ok.py::test_ok[3-4]"]
 """
@@ -164,17 +191,21 @@ def test_synthetic_bad_claims_are_reported_not_traced(synthetic):
     by_id = {c.id: c for c in report.claims}
     assert not report.all_traced
     assert not by_id["A1"].traced and any("no tests" in p for p in by_id["A1"].problems)
-    assert not by_id["A2"].traced and by_id["A2"].sympy_resolves is False
+    assert any("names no checker" in p for p in by_id["A1"].problems) and by_id["A1"].checker_resolves is None
+    assert not by_id["A2"].traced and by_id["A2"].sympy_resolves is False and by_id["A2"].checker_resolves is False
     a3 = by_id["A3"]
     assert not a3.traced and a3.proof_exists is False
     assert [t.exists for t in a3.tests] == [False, False, False]
     assert "does not exist" in a3.tests[1].reason
     assert by_id["A4"].traced, by_id["A4"].problems
+    assert by_id["A3"].checker_resolves is True and by_id["A4"].checker == "topoverify.symbolic:bound_summary"
     text = str(report)
     assert "NOT TRACED" in text and "A3" in text and "Problems" in text
+    assert "checker" in text and "no_such_checker MISSING" in text
     d = report.to_dict()
     json.dumps(d)
     assert d["all_traced"] is False and d["claims"][3]["traced"] is True
+    assert d["claims"][3]["checker"] == "topoverify.symbolic:bound_summary" and d["claims"][3]["checker_resolves"]
 
 
 def test_run_spec_command_exit_codes(synthetic, tmp_path, capsys):
@@ -200,6 +231,9 @@ def test_load_claims_errors(tmp_path):
         load_claims(bad)
     bad.write_text('[X]\ntitle = "t"\nstatement = "s"\nassumptions = "not a list"\ntests = []\n')
     with pytest.raises(TopoverifyError, match="assumptions"):
+        load_claims(bad)
+    bad.write_text('[X]\ntitle = "t"\nstatement = "s"\nassumptions = []\ntests = []\nchecker = 3\n')
+    with pytest.raises(TopoverifyError, match="checker"):
         load_claims(bad)
     bad.write_text("[X\n")
     with pytest.raises(TopoverifyError, match="TOML"):

@@ -1,4 +1,4 @@
-"""The breakdown experiment on the circle scenario (THEORY "A small case"), measured behaviour:
+"""The breakdown experiment on the circle scenario (examples/breakdown_sweep.py), measured behaviour:
 
 * lr = 0.03 (initial η* = 1.90, certified 0.55): lr·K stays < 1 at every step, β1 = 1 kept, loss → 1e-3;
 * lr = 0.06: lr·K crosses 1 for 3 steps (edge of stability, T8); H1 log-persistence 2.89 → 0.78, β1 kept;
@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from topoverify import topology as T
-from topoverify.experiments.sweep import (
+from topoverify.checks.critical_rate import check_critical_rate
+from topoverify.experiments.rate_sweep import (
     RunRecord,
     SweepResult,
     adam_factory,
@@ -26,7 +27,8 @@ from topoverify.experiments.sweep import (
     topology_snapshot,
 )
 from topoverify.errors import TopoverifyError
-from topoverify.experiments.scenarios import circle_scenario, figure_eight_scenario
+from topoverify.experiments.scenarios import (Scenario, _sin_data, circle_scenario, figure_eight_scenario, mse_loss,
+                                              two_layer_mlp)
 
 
 def test_below_eta_star_keeps_beta1():
@@ -96,7 +98,9 @@ def test_full_circle_sweep_measured_onset():
     lrs = [0.03, 0.06, 0.065, 0.08, 0.1]
     r = sweep(circle_scenario(), sgd_factory(), lrs, 300, every=10)
     keep = {lr: r.run(lr) for lr in lrs}
-    assert not keep[0.03].diverged and keep[0.03].max_eta_K < 1 and not keep[0.03].topology_changed
+    t3 = check_critical_rate(r)  # T3: below eta* at every step, the topology is kept
+    assert t3.verdict != "violated" and 0.03 in t3.estimate_lrs and t3.estimate_violations == ()
+    assert not keep[0.03].diverged
     assert not keep[0.06].diverged and keep[0.06].final.betti == (1, 1) and keep[0.06].max_eta_K >= 1
     for lr in (0.065, 0.08, 0.1):
         run = keep[lr]
@@ -114,8 +118,6 @@ def test_full_circle_sweep_measured_onset():
 
 def _planar_scenario(points, name):
     """A tanh MLP whose neurons (w, b, a) are ``points`` (N × 3), sin(2x) data: a scenario for a chosen cloud."""
-    from topoverify.experiments.scenarios import Scenario, _sin_data, mse_loss, two_layer_mlp
-
     points = np.asarray(points, dtype=np.float64)
     return Scenario(name=name, make_model=lambda: two_layer_mlp(points, 1, 1, "tanh", True),
                     batch=_sin_data(200, torch.float64), loss_fn=mse_loss)

@@ -1,5 +1,6 @@
-"""Tests of topoverify.topology: T5 (log-scale persistence stability), Betti numbers, subsampling
-certificates, the log bottleneck distance, and merge counting (T6)."""
+"""Tests of the public facade topoverify.topology: T5 (log-scale persistence stability), Betti numbers,
+subsampling certificates, the log bottleneck distance (cross-checked against persim, a test-only dependency),
+and merge counting (T6)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from topoverify.experiments import clouds as C
 from topoverify import topology as T
 from topoverify.errors import TopoverifyError
+from topoverify.experiments import clouds as C
+from topoverify.measure.diagram_distance import bottleneck_finite
 from topoverify.strategies import clouds as S
+from topoverify.symbolic import epsilon_numeric
 
 TOL = 1e-6  # ripser works in float32: ~6e-8 relative per value, so ~1e-7 on a log scale
 
@@ -83,9 +86,8 @@ def test_stability_epsilon_values_and_errors():
 
 
 def test_stability_epsilon_agrees_with_symbolic_epsilon_numeric():
-    bounds = pytest.importorskip("topoverify.symbolic.bounds")
     for K, lr in [(1.0, 0.1), (3.0, 0.2), (10.0, 0.099)]:
-        assert T.stability_epsilon(1 - lr * K, 1 + lr * K) == pytest.approx(float(bounds.epsilon_numeric(K, lr)))
+        assert T.stability_epsilon(1 - lr * K, 1 + lr * K) == pytest.approx(float(epsilon_numeric(K, lr)))
 
 
 def test_surviving_features():
@@ -254,7 +256,7 @@ def finite_diagrams(max_size: int = 6, repeats: bool = True):
 @given(finite_diagrams(3, repeats=False), finite_diagrams(3, repeats=False))
 def test_bottleneck_matches_brute_force(p, q):
     assume(len(p) + len(q) <= 6)
-    assert T._bottleneck_finite(p, q) == pytest.approx(_brute_bottleneck(p, q))
+    assert bottleneck_finite(p, q) == pytest.approx(_brute_bottleneck(p, q))
 
 
 @given(finite_diagrams(), finite_diagrams())
@@ -363,30 +365,23 @@ def test_count_distinct_matches_set_of_rows(cloud):
 
 def test_robust_beta0_does_not_depend_on_multiplicities():
     """Merged neurons (T6) are one point of the support: k copies of a circle sample give the same β."""
-    import numpy as np
-
-    from topoverify import topology as T_
-
     t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     base = np.stack([np.cos(t), np.sin(t)], axis=1)
-    answers = {k: T_.robust_betti(np.repeat(base, k, axis=0)) for k in (1, 2, 3, 4)}
+    answers = {k: T.robust_betti(np.repeat(base, k, axis=0)) for k in (1, 2, 3, 4)}
     assert set(answers.values()) == {answers[1]}, answers
     jitter = np.repeat(base, 4, axis=0) + 1e-12 * np.random.default_rng(0).standard_normal((64, 2))
-    assert T_.robust_betti(jitter) == answers[1]
+    assert T.robust_betti(jitter) == answers[1]
 
 
 def test_robust_betti_ignores_the_gaps_of_a_sparse_sphere_sample():
     """Uniform samples of S² leave holes between neighbouring points whose Rips H1 classes exceed log 2 in
     log-persistence; they die within 3× the sampling spacing, so spacing_factor=3 does not count them."""
-    from topoverify.experiments import clouds as C
-    from topoverify import topology as T_
-
-    diagrams = [T_.persistence(C.sphere(200, seed=seed), maxdim=2) for seed in range(4)]
-    plain = [T_.robust_betti(r, maxdim=2) for r in diagrams]
-    spaced = [T_.robust_betti(r, maxdim=2, spacing_factor=3) for r in diagrams]
+    diagrams = [T.persistence(C.sphere(200, seed=seed), maxdim=2) for seed in range(4)]
+    plain = [T.robust_betti(r, maxdim=2) for r in diagrams]
+    spaced = [T.robust_betti(r, maxdim=2, spacing_factor=3) for r in diagrams]
     assert any(b[1] > 0 for b in plain)  # the log-2 rule alone is fooled by the sampling holes
     assert spaced == [(1, 0, 1)] * 4
-    assert T_.robust_betti(C.circle(100, seed=0), spacing_factor=3) == (1, 1)
+    assert T.robust_betti(C.circle(100, seed=0), spacing_factor=3) == (1, 1)
 
 
 # ------------------------------------------------------------------------------------------ defaults a user can trust

@@ -1,9 +1,11 @@
-"""Hold a prediction against one real optimizer step (claims T2, T3).
+"""Hold a prediction against one real optimizer step (claims T2, T3, T7: the checker of T2 in
+``spec/claims.toml``).
 
 ``verify_step`` predicts from the pre-step state, then takes the real step on deep copies of the model and
-optimizer, and compares every pairwise distance ratio with the predicted bounds. The secant constant
+optimizer, and compares every pairwise distance ratio with the predicted bounds. The stepped copies are
+returned (``model_after``, ``optimizer_after``) so that a run can continue from them. The secant constant
 K_secant = max ‖u_i − u_j‖/‖θ_i − θ_j‖ of the step itself is reported as an observation only: bounds built
-from it would hold by the triangle inequality and check nothing (THEORY "What counts as a check").
+from it would hold by the triangle inequality and check nothing (T2's assumption B3 in spec/claims.toml).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from topoverify.formatting import ResultMixin, fmt
-from topoverify.neurons.copying import clone
-from topoverify.errors import NonFiniteError, UnsupportedError
-from topoverify.neurons.layouts import NeuronLayer, neuron_cloud, resolve_layers
-from topoverify.measure.pairs import ratio_stats
 from topoverify.checks.step_prediction import LayerPrediction, StepPrediction, predict_step, require_full_precision
+from topoverify.errors import NonFiniteError, UnsupportedError
+from topoverify.formatting import NOT_SERIALIZED, ResultMixin, fmt
+from topoverify.measure.pairs import ratio_stats
+from topoverify.neurons.copying import clone
+from topoverify.neurons.layouts import NeuronLayer, neuron_cloud, resolve_layers
+from topoverify.tables import verification_table
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class LayerVerification(ResultMixin):
                 f"{self.merged_before}->{self.merged_after}")
 
 
-def _all(values) -> bool | None:
+def combine_verdicts(values) -> bool | None:
     """True if every value is True, False if any is False, else None (something was not checked)."""
     values = list(values)
     if any(v is False for v in values):
@@ -84,7 +87,10 @@ class StepVerification(ResultMixin):
     """A prediction and the real step it was held against, per layer.
 
     ``holds``/``holds_certified``: True when every layer's check was made and held, False when any failed,
-    None when none failed but some check could not be made (see :class:`LayerVerification`)."""
+    None when none failed but some check could not be made (see :class:`LayerVerification`).
+
+    ``model_after``/``optimizer_after`` are the stepped private copies (the state after this step, to
+    continue a run from); they are not compared, not shown and not in :meth:`to_dict`."""
 
     prediction: StepPrediction
     layers: tuple[LayerVerification, ...]
@@ -92,14 +98,17 @@ class StepVerification(ResultMixin):
     loss_after: float
     step: int | None = None
     skipped: tuple[str, ...] = field(default_factory=tuple)
+    model_after: nn.Module | None = field(default=None, repr=False, compare=False, metadata=NOT_SERIALIZED)
+    optimizer_after: torch.optim.Optimizer | None = field(default=None, repr=False, compare=False,
+                                                          metadata=NOT_SERIALIZED)
 
     @property
     def holds(self) -> bool | None:
-        return _all(lv.holds for lv in self.layers)
+        return combine_verdicts(lv.holds for lv in self.layers)
 
     @property
     def holds_certified(self) -> bool | None:
-        return _all(lv.holds_certified for lv in self.layers)
+        return combine_verdicts(lv.holds_certified for lv in self.layers)
 
     def layer(self, name: str) -> LayerVerification:
         for lv in self.layers:
@@ -113,7 +122,6 @@ class StepVerification(ResultMixin):
         return d
 
     def __str__(self) -> str:
-        from topoverify.tables import verification_table
         return verification_table(self)
 
 
@@ -135,8 +143,9 @@ def step_in_place(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: C
     return float(loss.detach())
 
 
-def take_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch):
-    """One real optimizer step on deep copies; returns (model_copy, optimizer_copy, loss_before)."""
+def stepped_copies(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch):
+    """One real optimizer step on deep copies (the originals are untouched); returns
+    (model_copy, optimizer_copy, loss_before)."""
     m, opt = clone(model, optimizer)
     return m, opt, step_in_place(m, opt, loss_fn, batch)
 
@@ -149,7 +158,8 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
     Raises :class:`UnsupportedError` if no layer has a prediction (e.g. Adam before T7) or the model is in half
     precision, and :class:`NonFiniteError` naming the layer and step if the step produces NaN/Inf parameters
     or distances beyond the float64 range (a non-finite result is never a pass).
-    Neither the model nor the optimizer is modified.
+    Neither the model nor the optimizer is modified: the step is taken on copies, returned as
+    ``model_after``/``optimizer_after``.
     """
     require_full_precision(model)
     layers = resolve_layers(model, layers)
@@ -159,7 +169,7 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
     if not available:
         reasons = "; ".join(f"{lp.layer}: {lp.reason}" for lp in prediction.layers)
         raise UnsupportedError(f"nothing to verify: no layer has a prediction ({reasons}).")
-    after_model, _, loss_before = take_step(model, optimizer, loss_fn, batch)
+    after_model, after_optimizer, loss_before = stepped_copies(model, optimizer, loss_fn, batch)
     by_name = {layer.name: layer for layer in layers}
     at = "" if step is None else f" at step {step}"
     results = []
@@ -201,7 +211,9 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
     with torch.no_grad():
         loss_after = float(loss_fn(after_model, batch))
     skipped = tuple(f"{lp.layer}: {lp.reason}" for lp in prediction.layers if not lp.available)
-    return StepVerification(prediction, tuple(results), loss_before, loss_after, step, skipped)
+    return StepVerification(prediction, tuple(results), loss_before, loss_after, step, skipped,
+                            model_after=after_model, optimizer_after=after_optimizer)
 
 
-__all__ = ["LayerVerification", "StepVerification", "verify_step", "take_step", "step_in_place"]
+__all__ = ["LayerVerification", "StepVerification", "verify_step", "stepped_copies", "step_in_place",
+           "combine_verdicts"]

@@ -2,8 +2,9 @@
 resulting one-step bounds on pairwise neuron distances (claims T2, T3).
 
 Nothing here looks at the outcome of the step: K comes from derivatives of the update field at the
-pre-step state (:mod:`topoverify.field`), so holding the prediction against a real step
-(:func:`topoverify.verify_step`) is a check, not an identity (THEORY "What counts as a check").
+pre-step state (:mod:`topoverify.measure.field`), so holding the prediction against a real step
+(:func:`topoverify.verify_step`) is a check, not an identity (T2's assumption B3, spec/claims.toml).
+Every bound (T2's band, η* = 1/K) comes from :mod:`topoverify.symbolic`.
 
 Optimizers covered: ``torch.optim.SGD`` with or without momentum/Nesterov/dampening/weight decay/maximize.
 For SGD with momentum μ, dampening τ and buffer b, one step moves neuron i by
@@ -11,8 +12,8 @@ For SGD with momentum μ, dampening τ and buffer b, one step moves neuron i by
 (1 + μ(1−τ), μ²) (first step: (1 + μ, 0)). The triangle inequality then gives the T2 bounds with
 K_eff = c_g K + c_b ρ_b, ρ_b = max_{i≠j} ‖b_i − b_j‖/‖θ_i − θ_j‖ read from the pre-step buffer: a bound on
 the θ-distances of one step, conditional on the buffer (the extended-space analysis is claim T7's).
-ρ_b is computed from exact pairwise differences (:func:`topoverify.pairs.max_pair_ratio`), so it is an upper
-bound even for neurons closer than torch.cdist can resolve. The SGD formula is used only for
+ρ_b is computed from exact pairwise differences (:func:`topoverify.measure.pairs.max_pair_ratio`), so it is
+an upper bound even for neurons closer than torch.cdist can resolve. The SGD formula is used only for
 ``torch.optim.SGD`` itself or a subclass that keeps its ``step``; other optimizers (Adam, ...) get an
 explicit "no prediction yet" rather than a guess. Half-precision models are refused (see
 :func:`require_full_precision`).
@@ -35,14 +36,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from topoverify.formatting import ResultMixin, fmt
 from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
+from topoverify.formatting import ResultMixin, fmt
 from topoverify.measure.field import block_samples
 from topoverify.measure.hessian import top_hessian_eigenvalue
+from topoverify.measure.merges import count_coincident_pairs
+from topoverify.measure.pairs import max_pair_ratio
 from topoverify.neurons.layouts import NeuronLayer, member_widths, neuron_cloud, resolve_layers
-from topoverify.measure.pairs import count_coincident_pairs, max_pair_ratio
-from topoverify.neurons.permute import preflight
+from topoverify.neurons.preflight import preflight
 from topoverify.symbolic import bounds_numeric, eta_star_numeric
+from topoverify.tables import prediction_table
 
 PRESERVING = "preserving"
 BREAKDOWN_POSSIBLE = "breakdown-possible"
@@ -181,7 +184,6 @@ class StepPrediction(ResultMixin):
         return PRESERVING if phases == {PRESERVING} else UNAVAILABLE
 
     def __str__(self) -> str:
-        from topoverify.tables import prediction_table
         return prediction_table(self)
 
 
@@ -245,9 +247,9 @@ def sgd_rule(optimizer: torch.optim.Optimizer, model: nn.Module, layer: NeuronLa
     return StepRule(name, lr, cg, cb, wd, desc, bool(ref["maximize"])), buffers
 
 
-def _bounds(K: float, lr: float) -> tuple[float, float]:
-    """T2 ratio bounds (max(0, 1 − lr·K), 1 + lr·K) from the symbolic module (distances are ≥ 0, so the
-    lower bound is clipped at 0: its sharp form); (0, inf) when K is infinite."""
+def ratio_bounds(K: float, lr: float) -> tuple[float, float]:
+    """T2 ratio bounds (max(0, 1 − lr·K), 1 + lr·K) from :func:`topoverify.symbolic.bounds_numeric`
+    (distances are ≥ 0, so the lower bound is clipped at 0: its sharp form); (0, inf) when K is infinite."""
     if not math.isfinite(K):
         return 0.0, math.inf
     lo, up = bounds_numeric(K, lr)
@@ -360,17 +362,18 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
         mu_est = float(mu.max()) if mu.numel() else 0.0
         K = max(K, mu_est)  # λ_max(J(z)) ≤ ‖J(z)‖: a Rayleigh quotient is evidence for sup ‖J‖ too
         K_fold = rule.coef_grad * mu_est
-        eta_fold = 1.0 / K_fold if K_fold > 0 else math.inf
+        eta_fold = float(eta_star_numeric(max(K_fold, 0.0)))  # T3's one-sided form: 1/μ (inf for μ ≤ 0)
     mu_up = eta_fold_c = lower_fold_c = None
     if rule.coef_buffer == 0:
-        mu_up = rule.coef_grad * (hull.top_neg if rule.maximize else hull.top)
-        eta_fold_c = 1.0 / mu_up if mu_up > 0 else math.inf
-        lower_fold_c = max(0.0, 1.0 - rule.lr * mu_up) if math.isfinite(mu_up) else 0.0
+        mu_up = rule.coef_grad * (hull.top_neg if rule.maximize else hull.top)  # ≥ 0 (a certified λ_max bound)
+        eta_fold_c = float(eta_star_numeric(mu_up))
+        lower_fold_c = ratio_bounds(mu_up, rule.lr)[0]
     rho = buffer_ratio(cloud, buffers) if buffers is not None else 0.0
     K_eff = rule.coef_grad * K + rule.coef_buffer * rho
     K_eff_up = rule.coef_grad * K_up + rule.coef_buffer * rho
-    lo, up = _bounds(K_eff, rule.lr)
-    lo_c, up_c = _bounds(K_eff_up, rule.lr)
+    lo, up = ratio_bounds(K_eff, rule.lr)
+    lo_c, up_c = ratio_bounds(K_eff_up, rule.lr)
+    eta_star, eta_star_c = float(eta_star_numeric(K_eff)), float(eta_star_numeric(K_eff_up))
     lam_layer = None
     if hessian:
         lam_layer = top_hessian_eigenvalue(model, loss_fn, batch, params=[m.name for m in layer.members],
@@ -383,15 +386,14 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
     return LayerPrediction(
         **base, available=True, rule=rule, lr=rule.lr, K=K, K_upper=K_up, K_eff=K_eff, K_eff_upper=K_eff_up,
         momentum_rho=rho if buffers is not None else None,
-        eta_star=float(eta_star_numeric(K_eff)), eta_star_certified=float(eta_star_numeric(K_eff_up)),
+        eta_star=eta_star, eta_star_certified=eta_star_c,
         lower=lo, upper=up, lower_certified=lo_c, upper_certified=up_c,
-        phase=PRESERVING if rule.lr * K_eff < 1 else BREAKDOWN_POSSIBLE,
-        certified_preserving=rule.lr * K_eff_up < 1, lambda_layer=lam_layer, K_fold=K_fold, eta_fold=eta_fold,
+        phase=PRESERVING if rule.lr < eta_star else BREAKDOWN_POSSIBLE,  # T3: preserving below η*
+        certified_preserving=rule.lr < eta_star_c, lambda_layer=lam_layer, K_fold=K_fold, eta_fold=eta_fold,
         n_points=int(norms.shape[0]), argmax_neuron=argmax, merged_pairs=merged, K_upper_reason=reason,
         mu_upper=mu_up, eta_fold_certified=eta_fold_c, lower_fold_certified=lower_fold_c,
-        certified_injective=mu_up is not None and rule.lr * mu_up < 1), loss
+        certified_injective=mu_up is not None and rule.lr < eta_fold_c), loss
 
 
 __all__ = ["StepRule", "LayerPrediction", "StepPrediction", "predict_step", "sgd_rule", "buffer_ratio",
-           "require_full_precision",
-           "PRESERVING", "BREAKDOWN_POSSIBLE", "UNAVAILABLE"]
+           "ratio_bounds", "require_full_precision", "PRESERVING", "BREAKDOWN_POSSIBLE", "UNAVAILABLE"]

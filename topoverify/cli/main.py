@@ -1,43 +1,32 @@
-"""The ``topoverify`` command line.
+"""The ``topoverify`` command line: argparse dispatch to one module per subcommand.
 
-Each subcommand lives in its own module exposing ``register(subparsers)``, which adds a parser whose
-``func(args) -> int`` runs it. Exit codes: 0 success, 1 a check failed, 2 usage or error, 3 inconclusive.
+Each subcommand module exposes ``register(subparsers)``, which adds its parser with ``func(args) -> int``.
+Exit codes: 0 success, 1 a check failed, 2 usage or error, 3 inconclusive (130: check-optimizer interrupted).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from topoverify import __version__
+from topoverify.cli import bounds, check_optimizer, spec, verify_step
 from topoverify.errors import TopoverifyError
 
-SUBCOMMAND_MODULES = [
-    "topoverify.cli.core",
-    "topoverify.cli.check",
-]
+__all__ = ["build_parser", "main"]
+
+SUBCOMMANDS = (verify_step, bounds, spec, check_optimizer)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topoverify",
         description="Verify topological invariance and breakdown of permutation-equivariant learning rules.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # subcommand not installed in this build
-                continue
-            raise
+    for module in SUBCOMMANDS:
         module.register(sub)
     return parser
-
-
-def _version() -> str:
-    from topoverify import __version__
-    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

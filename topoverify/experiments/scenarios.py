@@ -5,13 +5,14 @@ what the initial neuron cloud should look like (``expected_betti``, ``maxdim``, 
 the caller's choice (``Scenario.sgd`` is a convenience).
 
 All shape scenarios are two-layer networks ``Linear(d_in, N) -> σ -> Linear(N, d_out)`` whose neuron vectors
-θ_i = (w_i, b_i, a_i) ∈ R^d, d = d_in + [bias] + d_out, are placed on a shape from :mod:`topoverify.clouds`
-(the coordinates are ordered as :func:`topoverify.neuron_cloud` orders them: incoming weight row, bias,
-outgoing weight column). ``d_in`` is chosen so that d accommodates the shape's embedding.
+θ_i = (w_i, b_i, a_i) ∈ R^d, d = d_in + [bias] + d_out, are placed on a shape from
+:mod:`topoverify.experiments.clouds` (the coordinates are ordered as :func:`topoverify.neuron_cloud` orders
+them: incoming weight row, bias, outgoing weight column). ``d_in`` is chosen so that d accommodates the
+shape's embedding.
 
-* ``circle`` (the default, THEORY "A small case"): a tanh network of 64 neurons with (w_i, b_i) evenly spaced
-  on the unit circle and a_i = 0.5, regressing sin(2x) on 200 points of [−2, 2], full-batch GD on the MSE.
-  Cloud: a circle in R^3, (β0, β1) = (1, 1).
+* ``circle`` (the default; the reference case of ``examples/breakdown_sweep.py``): a tanh network of 64
+  neurons with (w_i, b_i) evenly spaced on the unit circle and a_i = 0.5, regressing sin(2x) on 200 points
+  of [−2, 2], full-batch GD on the MSE. Cloud: a circle in R^3, (β0, β1) = (1, 1).
 * ``two_circles``: 128 tanh neurons, (w, b) on two disjoint circles (radius 0.6, centres 2 radii apart from
   each other's rims), a = 0.5; same data. (β0, β1) = (2, 2).
 * ``figure_eight``: 128 tanh neurons, (w, b) on a wedge of two circles of radius 0.6, a = 0.5; same data.
@@ -42,6 +43,7 @@ from torch import nn
 
 from topoverify.experiments import clouds as _clouds
 from topoverify.errors import TopoverifyError
+from topoverify.neurons.activation_registry import SMOOTH, activation_module
 
 
 def mse_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -100,7 +102,7 @@ class Scenario:
 # building blocks
 # ----------------------------------------------------------------------------------------------------------
 
-_ACTS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+_ACTS = SMOOTH  # activations whose σ' is Lipschitz: the update field has a finite K (T2, T3)
 
 
 def two_layer_mlp(cloud, d_in: int, d_out: int = 1, activation: str = "tanh", bias: bool = True,
@@ -117,7 +119,7 @@ def two_layer_mlp(cloud, d_in: int, d_out: int = 1, activation: str = "tanh", bi
                               f"{d_in} + {int(bias)} + {d_out} = {d_in + int(bias) + d_out}.")
     if activation not in _ACTS:
         raise TopoverifyError(f"activation must be one of {sorted(_ACTS)} (smooth, so K is finite); got {activation!r}.")
-    model = nn.Sequential(nn.Linear(d_in, n, bias=bias), _ACTS[activation](), nn.Linear(n, d_out, bias=False))
+    model = nn.Sequential(nn.Linear(d_in, n, bias=bias), activation_module(activation), nn.Linear(n, d_out, bias=False))
     model = model.to(dtype)
     with torch.no_grad():
         model[0].weight.copy_(c[:, :d_in])
@@ -265,7 +267,7 @@ DIGITS_RATES = {"SGD": (0.05, 5.0), "Adam": (1e-3, 0.1)}
 
 def load_digits_tensors(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's digits: (1797, 64) pixels scaled to [0, 1] and (1797,) integer labels."""
-    try:
+    try:  # lazy: scikit-learn is an optional dependency (extras "examples", "test"), needed only here
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise TopoverifyError(

@@ -20,14 +20,10 @@ inequality, T2). Two numbers are computed:
   batched over all points with the closed-form Hessian-vector product above (about one training step of
   the block per iteration; memory linear in N). Each value ‖Jv‖/‖v‖ is ≤ ‖J(z)‖, so this approaches the
   supremum from below.
-* ``K_upper``: a certified bound on the hull. Over the hull, p_r lies in [min_i p_ri, max_i p_ri] and
-  |c_r| ≤ max_i |D_r·a_i| (both linear, extremes at vertices), so with S1_r, S2_r the sups of |σ'|, |σ''|
-  there, α = λmax(Hᵀ diag(C S2) H) and β² = λmax(Hᵀ diag(S1) H) λmax(Dᵀ diag(S1) D) bound the blocks and
-  ‖∇²Φ‖ ≤ (α + √(α² + 4β²))/2. ``mu_upper`` (:meth:`BlockSamples.hull_bounds`) bounds the largest signed
-  eigenvalue the same way with the positive part of c σ''. The sups are proved (interval arithmetic,
-  :mod:`topoverify.activations`), the ranges and eigenvalues rounded outward. Infinite, with a reason, when
-  the pre-activations of a sample with nonzero signal cross a jump of σ' (ReLU at 0): the field is not
-  Lipschitz there.
+* ``K_upper`` (and ``mu_upper`` for the largest signed eigenvalue): certified bounds over the hull,
+  :mod:`topoverify.measure.hull_bounds`; infinite, with a reason, where the field is not Lipschitz.
+
+The sampling points (neurons and segments to nearest neighbours) are :mod:`topoverify.measure.sampling`'s.
 """
 
 from __future__ import annotations
@@ -40,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from topoverify.neurons.activations import Activation, get_activation
 from topoverify.errors import NonFiniteError, UnsupportedError
-from topoverify.measure.interval import down, up
+from topoverify.measure.chunks import row_chunks
+from topoverify.measure.hull_bounds import HullBounds, hull_bounds
+from topoverify.measure.sampling import midpoints_with, nearest_neighbors
+from topoverify.neurons.activations import Activation, get_activation
+from topoverify.neurons.layouts import NeuronLayer, neuron_blocks, require_deterministic
 from topoverify.neurons.lossfn import check_loss
-from topoverify.neurons.layouts import NeuronLayer, neuron_blocks
-
-_CHUNK_ELEMENTS = 1 << 22  # samples × points per chunk (memory stays linear in N)
 
 
 @dataclass
@@ -78,21 +74,12 @@ class BlockSamples:
     def gradient(self, Z: torch.Tensor) -> torch.Tensor:
         """g(z) = ∇Φ(z) for each row z of ``Z`` (P×d) — the update field of T1 (before the learning rate)."""
         outs = []
-        for Zc in self._chunks(Z):
-            W, A = self._split(Zc)
+        for s, e in row_chunks(Z.shape[0], self.H.shape[0]):
+            W, A = self._split(Z[s:e])
             s0, s1, _ = self.activation.derivatives(self.H @ W.T)
             c = self.D @ A.T
             outs.append(torch.cat([(c * s1).T @ self.H, s0.T @ self.D], dim=1))
         return torch.cat(outs) if outs else Z.new_zeros(0, self.dim)
-
-    def _chunks(self, Z: torch.Tensor):
-        for _, Zc in self._chunks_with_offset(Z):
-            yield Zc
-
-    def _chunks_with_offset(self, Z: torch.Tensor):
-        step = max(1, _CHUNK_ELEMENTS // max(1, self.H.shape[0]))
-        for k in range(0, Z.shape[0], step):
-            yield k, Z[k: k + step]
 
     def hessian_norm_lower(self, Z: torch.Tensor, decay: torch.Tensor | None = None, iters: int = 50,
                            tol: float = 1e-4, generator: torch.Generator | None = None,
@@ -104,7 +91,7 @@ class BlockSamples:
         the largest values continue (from where they are) until the relative change is below ``tol`` or
         ``iters`` iterations. Every returned value is ‖Jv‖ for a unit v, hence ≤ ‖J(z)‖.
         With ``neighbors`` = k > 0, ``Z`` is a cloud and the points are its neurons followed by the midpoints
-        to each neuron's k nearest neighbours (:func:`segment_points`), formed after the compression below
+        to each neuron's k nearest neighbours (:func:`topoverify.measure.sampling.segment_points`), formed after the compression below
         (it is linear, so midpoints commute with it).
         """
         return self._sampled(Z, decay, iters, tol, generator, screen_iters, refine_top, neighbors, None)
@@ -169,9 +156,9 @@ class BlockSamples:
         ests, vecs = [], []
         fill = 0.0 if shift is None else -math.inf
         starts = start if start is not None else torch.full((Z.shape[0],), fill, dtype=Z.dtype, device=Z.device)
-        for k0, Zc in self._chunks_with_offset(Z):
-            Vc = V[k0: k0 + Zc.shape[0]]
-            est = starts[k0: k0 + Zc.shape[0]].clone()
+        for k0, k1 in row_chunks(Z.shape[0], self.H.shape[0]):
+            Zc, Vc = Z[k0:k1], V[k0:k1]
+            est = starts[k0:k1].clone()
             W, A = self._split(Zc)
             _, s1, s2 = self.activation.derivatives(self.H @ W.T)  # R × Pc
             cs2 = (self.D @ A.T) * s2
@@ -202,137 +189,11 @@ class BlockSamples:
         return self.hull_bounds(cloud, decay_max).norm
 
     def hull_bounds(self, cloud: torch.Tensor, decay_max: float = 0.0, signs: tuple[int, ...] = (1,)
-                    ) -> "HullBounds":
-        """Certified bounds over the convex hull C of ``cloud`` (module docstring), for a Jacobian
-        ±∇²Φ + Λ with 0 ≤ Λ ⪯ ``decay_max``·I:
-
-        * ``norm`` ≥ sup_C ‖∇²Φ + Λ‖_op (= K_upper), also ≥ sup_C ‖−∇²Φ + Λ‖_op;
-        * ``top`` ≥ sup_C λ_max(∇²Φ + Λ) and ``top_neg`` ≥ sup_C λ_max(−∇²Φ + Λ) (μ_upper of a gradient
-          step, resp. of gradient ascent): with A = Hᵀdiag(cσ'')H, λ_max(A) ≤ λ_max(Hᵀ diag(w₊) H) where
-          w₊ ≥ sup_C (c_r σ''(p_r))₊ (each sample's positive part, from the signed ranges of c_r and
-          σ''(p_r)), and λ_max([[A, B], [Bᵀ, 0]]) ≤ (a + √(a² + 4‖B‖²))/2 for any a ≥ λ_max(A).
-          ``signs`` selects which of the two are computed (+1: ``top``, −1: ``top_neg``; the other is None).
-
-        Every step is rounded outward: pre-activations are widened by the rounding of the model's own
-        matrix product (in its dtype) and of the float64 one here, c by the float64 rounding, and the
-        eigenvalues by the rounding of the Gram matrix and of ``eigvalsh``. Infinite, with ``reason``, when
-        the activation has no certified model or, for a sample whose back-propagated signal is not
-        identically 0 on C, the pre-activations cross a kink of σ' (ReLU at 0): the field is then not
-        Lipschitz on C.
-        """
-        act = self.activation
-        if not act.certified:
-            return HullBounds(math.inf, math.inf, math.inf, f"activation {act.name}: {act.uncertified_reason}")
-        f64 = torch.float64
-        R = self.H.shape[0]
-        if R == 0 or cloud.shape[0] == 0:
-            zero = max(0.0, float(decay_max))
-            return HullBounds(zero, zero, zero)
-        same = cloud.dtype == self.H.dtype == self.D.dtype
-        dt = self.H.dtype if same and self.H.dtype in (torch.float32, torch.float64) else f64
-        Hc, Dc = self.H.to(dt), self.D.to(dt)
-        lo = torch.full((R,), math.inf, dtype=f64, device=self.H.device)
-        hi, clo, chi = -lo.clone(), lo.clone(), -lo.clone()
-        wmax = amax = 0.0
-        for Zc in self._chunks(cloud):
-            W, A = self._split(Zc.to(dt))
-            P, C = (Hc @ W.T).to(f64), (Dc @ A.T).to(f64)
-            lo, hi = torch.minimum(lo, P.amin(dim=1)), torch.maximum(hi, P.amax(dim=1))
-            clo, chi = torch.minimum(clo, C.amin(dim=1)), torch.maximum(chi, C.amax(dim=1))
-            W64, A64 = W.to(f64), A.to(f64)
-            wmax = max(wmax, float(W64.norm(dim=1).max()) if W.numel() else 0.0)
-            amax = max(amax, float(A64.norm(dim=1).max()) if A.numel() else 0.0)
-        H, D = self.H.to(f64), self.D.to(f64)
-        # |fl(H_r·w) − H_r·w| ≤ γ_n |H_r|·|w| ≤ γ_n ‖H_r‖ max_i ‖w_i‖ (Cauchy–Schwarz; every hull point has
-        # ‖w‖ ≤ max_i ‖w_i‖): once for the model's own product (its dtype), once for ours (dtype ``dt``).
-        u_model, u_here = torch.finfo(self.H.dtype).eps / 2, torch.finfo(dt).eps / 2
-        gp = _gamma(self.d_w + 2, u_model) + _gamma(self.d_w + 2, u_here)
-        ep = gp * H.norm(dim=1) * wmax * (1 + 1e-9)
-        ec = _gamma(D.shape[1] + 2, u_here) * D.norm(dim=1) * amax * (1 + 1e-9)
-        lo, hi = down(lo - ep), up(hi + ep)
-        clo_w, chi_w = clo - ec, chi + ec
-        active = (clo_w < 0) | (chi_w > 0)  # else c_r ≡ 0 on the hull: sample r never enters the A block
-        clo, chi = down(clo_w), up(chi_w)
-        kink = act.crosses_kink(lo, hi) & active
-        if bool(kink.any()):
-            n = int(kink.sum())
-            where = ", ".join(f"{k:g}" for k in act.kinks)
-            reason = (f"{act.name}: σ' jumps at {where}, and over the convex hull of the cloud the pre-activation "
-                      f"crosses it on {n} of {R} samples whose back-propagated signal is not 0, so the update field "
-                      f"is not Lipschitz there and no finite K is certified (K_upper = inf); the estimate K is "
-                      f"still reported")
-            return HullBounds(math.inf, math.inf, math.inf, reason, n)
-        s1lo, s1hi = act.bounds(1, lo, hi)
-        s2lo, s2hi = act.bounds(2, lo, hi)
-        S1 = torch.maximum(s1lo.abs(), s1hi.abs())
-        zero = torch.zeros_like(lo)
-        cpos, cneg = chi.clamp_min(0), (-clo).clamp_min(0)
-        spos, sneg = s2hi.clamp_min(0), (-s2lo).clamp_min(0)
-        grow = 1 + 8 * _U64  # rounding of the products below
-        w_abs = torch.where(active, torch.maximum(cpos, cneg) * torch.maximum(spos, sneg), zero) * grow
-        w_pos = torch.where(active, torch.maximum(cpos * spos, cneg * sneg), zero) * grow   # ≥ sup (cσ'')₊
-        w_neg = torch.where(active, torch.maximum(cpos * sneg, cneg * spos), zero) * grow   # ≥ sup (cσ'')₋
-        b2 = _lambda_max_weighted(H, S1 * grow) * _lambda_max_weighted(D, S1 * grow) * grow
-        dmax = max(0.0, float(decay_max))
-        norm = _round_up(_block_top(_lambda_max_weighted(H, w_abs), b2) + dmax)
-        top = top_neg = None
-        if 1 in signs:
-            top = min(_round_up(_block_top(_lambda_max_weighted(H, w_pos), b2) + dmax), norm)
-        if -1 in signs:
-            top_neg = min(_round_up(_block_top(_lambda_max_weighted(H, w_neg), b2) + dmax), norm)
-        return HullBounds(norm, top, top_neg)
-
-
-_U64 = 2.0 ** -53
-
-
-def _gamma(n: int, u: float) -> float:
-    """γ_n = n·u/(1 − n·u): the relative error bound of an n-term floating-point sum of products."""
-    nu = n * u
-    return nu / (1 - nu) if nu < 1 else math.inf
-
-
-def _round_up(x: float) -> float:
-    return x if not math.isfinite(x) else x * (1 + 4 * _U64) + 1e-300
-
-
-def _block_top(a: float, b2: float) -> float:
-    """λ_max([[a, b], [b, 0]]) = (a + √(a² + 4b²))/2, an upper bound on λ_max([[A, B], [Bᵀ, 0]]) when
-    a ≥ λ_max(A) and b² ≥ ‖B‖² (for a unit vector (x, y): xᵀAx + 2xᵀBy ≤ a|x|² + 2b|x||y|); rounded up."""
-    if not (math.isfinite(a) and math.isfinite(b2)):
-        return math.inf
-    return _round_up((a + math.sqrt(a * a + 4 * b2)) / 2)
-
-
-@dataclass(frozen=True)
-class HullBounds:
-    """Certified bounds over the convex hull of a cloud (:meth:`BlockSamples.hull_bounds`)."""
-
-    norm: float               # ≥ sup ‖±∇²Φ + Λ‖_op (K_upper)
-    top: float | None         # ≥ sup λ_max(∇²Φ + Λ) (μ_upper of a gradient step)
-    top_neg: float | None     # ≥ sup λ_max(−∇²Φ + Λ) (μ_upper of gradient ascent)
-    reason: str = ""    # why the bounds are infinite ('' when finite)
-    kink_samples: int = 0
-
-
-def _lambda_max_weighted(X: torch.Tensor, w: torch.Tensor) -> float:
-    """Certified upper bound on λmax(Xᵀ diag(w) X) for w ≥ 0, X float64, through the smaller Gram matrix.
-
-    The computed Gram matrix differs from the exact one by E with ‖E‖₂ ≤ ‖E‖_F ≤ γ_{n+4} tr(G) (n-term sums,
-    plus the rounding of X·√w); ``eigvalsh`` is backward stable, its eigenvalues exact for G + E' with
-    ‖E'‖₂ ≤ 8·p·u·‖G‖ (p the order). By Weyl, λmax ≤ computed + (γ_{n+4} + 8pu)·tr(G)."""
-    w = w.to(torch.float64).clamp_min(0)
-    if not bool(torch.isfinite(w).all()):
-        return math.inf
-    if X.numel() == 0 or not bool((w > 0).any()):
-        return 0.0
-    Xw = X.to(torch.float64) * w.sqrt()[:, None]
-    rows, cols = Xw.shape
-    G = Xw.T @ Xw if cols <= rows else Xw @ Xw.T
-    n_sum, p = (rows, cols) if cols <= rows else (cols, rows)
-    lam = float(torch.linalg.eigvalsh(G)[-1])
-    tr = float((Xw * Xw).sum()) * (1 + _gamma(Xw.numel() + 2, _U64))
-    return max(0.0, lam) + (_gamma(n_sum + 4, _U64) + 8 * p * _U64) * tr
+                    ) -> HullBounds:
+        """Certified bounds on ±∇²Φ + Λ (0 ⪯ Λ ⪯ ``decay_max``·I) over the convex hull of ``cloud``:
+        ``norm`` ≥ K_upper, ``top``/``top_neg`` ≥ μ_upper for ``signs`` +1/−1
+        (:func:`topoverify.measure.hull_bounds.hull_bounds`)."""
+        return hull_bounds(self, cloud, decay_max, signs)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,7 +209,7 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
     hooks, ``train()``/``eval()`` switches, BatchNorm statistics or other side effects never reach the
     caller's model) but whose parameter tensors are shared, read-only, to save copying them.
     Returns the samples and the loss. Raises :class:`UnsupportedError` for layers whose field is not of
-    the T1 form and :class:`NonFiniteError` for a NaN/Inf loss or signal.
+    the T1 form or a model with active dropout, and :class:`NonFiniteError` for a NaN/Inf loss or signal.
     """
     if layer.kind not in ("linear", "conv2d"):
         raise UnsupportedError(
@@ -362,6 +223,7 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
         activation = get_activation(layer.activation)
     else:
         activation = get_activation(layer.activation_fn, name=layer.activation, key=layer.activation_key)
+    require_deterministic(model)
     m = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     mods = dict(m.named_modules())
     prod, cons = mods[layer.producer], mods[layer.consumer]
@@ -369,9 +231,6 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
         if isinstance(fn, nn.MaxPool2d) or isinstance(fn, nn.AdaptiveMaxPool2d):
             raise UnsupportedError(f"layer {layer.name!r}: max pooling after the activation makes the "
                                    f"neuron's contribution nonlinear; K_field supports Flatten/AvgPool.")
-        if isinstance(fn, nn.Dropout) and fn.training and fn.p > 0:
-            raise UnsupportedError(f"layer {layer.name!r}: dropout is active (training mode, p={fn.p}); its "
-                                   f"mask is per-coordinate randomness. Call model.eval() or set p=0.")
     captured: dict[str, list] = {"h": [], "y": []}
 
     def keep_input(_mod, inp, _out):
@@ -467,46 +326,4 @@ def _at(step):
     return "" if step is None else f" at step {step}"
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Points at which to estimate sup ‖J‖: neurons and segments to nearest neighbours
-# ----------------------------------------------------------------------------------------------------------
-
-def nearest_neighbors(cloud: torch.Tensor, k: int, sketch_dim: int = 64, seed: int = 0) -> torch.Tensor:
-    """Indices (N×k) of each neuron's k (approximately) nearest other neurons, in row chunks.
-
-    Clouds of dimension above ``sketch_dim`` are first projected by a Gaussian (Johnson–Lindenstrauss)
-    sketch, so the search costs O(N²·sketch_dim) instead of O(N²·d); the neighbours only choose where the
-    K estimate samples, so approximate ones are fine (any point of the hull gives a valid lower bound).
-    """
-    n = cloud.shape[0]
-    k = min(k, n - 1)
-    if k <= 0:
-        return torch.zeros(n, 0, dtype=torch.long)
-    if cloud.shape[1] > sketch_dim:
-        gen = torch.Generator().manual_seed(seed)
-        proj = torch.randn(cloud.shape[1], sketch_dim, generator=gen, dtype=cloud.dtype).to(cloud.device)
-        cloud = cloud @ proj
-    step = max(1, _CHUNK_ELEMENTS // max(1, n))
-    out = []
-    for s in range(0, n, step):
-        d = torch.cdist(cloud[s: s + step], cloud)
-        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = math.inf
-        out.append(d.topk(k, largest=False).indices)
-    return torch.cat(out)
-
-
-def midpoints_with(cloud: torch.Tensor, nn_idx: torch.Tensor, ts=(0.5,)) -> torch.Tensor:
-    """The rows of ``cloud`` followed by θ_i + t(θ_j − θ_i) for j in row i of ``nn_idx``, t in ``ts``."""
-    pts = [cloud]
-    for col in range(nn_idx.shape[1]):
-        other = cloud[nn_idx[:, col]]
-        pts += [cloud + t * (other - cloud) for t in ts]
-    return torch.cat(pts)
-
-
-def segment_points(cloud: torch.Tensor, k: int = 2, ts=(0.5,)) -> torch.Tensor:
-    """The neurons plus the points θ_i + t(θ_j − θ_i), j among the k nearest neighbours of i."""
-    return midpoints_with(cloud, nearest_neighbors(cloud, k), ts)
-
-
-__all__ = ["BlockSamples", "HullBounds", "block_samples", "midpoints_with", "nearest_neighbors", "segment_points"]
+__all__ = ["BlockSamples", "block_samples"]

@@ -10,7 +10,8 @@ exact real result for every choice of real arguments inside the input intervals:
   absolute (covering underflow). This is the one assumption beyond IEEE arithmetic.
 
 Only finite endpoints are used (callers evaluate on bounded cells); products use all four endpoint
-combinations, squares and reciprocals their monotone pieces.
+combinations, squares and reciprocals their monotone pieces. :func:`gamma` is the rounding-error constant
+γ_n of a floating-point sum of n products, used by every certified bound built from matrix products.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import torch
 
 LIB_REL = 2.0 ** -48   # relative widening of math-library results
 LIB_ABS = 1e-300       # absolute widening (underflow, results at 0)
+U64 = 2.0 ** -53       # unit roundoff of float64
 _INF = math.inf
+
+
+def gamma(n: int, u: float = U64) -> float:
+    """γ_n = n·u/(1 − n·u): with unit roundoff ``u``, a computed n-term sum of products differs from the
+    exact one by at most γ_n times the sum of the terms' absolute values (Higham, Accuracy and Stability of
+    Numerical Algorithms, §3.1); ``inf`` when n·u ≥ 1."""
+    nu = n * u
+    return nu / (1 - nu) if nu < 1 else _INF
 
 
 def down(x: torch.Tensor) -> torch.Tensor:
@@ -161,4 +171,4 @@ def _cube_up(x: torch.Tensor) -> torch.Tensor:
     return up(sq_for_high * x)
 
 
-__all__ = ["Interval", "down", "up", "lib_down", "lib_up", "LIB_REL", "LIB_ABS"]
+__all__ = ["Interval", "down", "up", "lib_down", "lib_up", "gamma", "LIB_REL", "LIB_ABS", "U64"]

@@ -7,28 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-_CHUNK = 1 << 22
-
-
-def _row_chunks(n: int):
-    step = max(1, _CHUNK // max(1, n))
-    for s in range(0, n, step):
-        yield s, min(n, s + step)
-
-
-def count_coincident_pairs(cloud: torch.Tensor) -> int:
-    """Number of pairs i < j with θ_i = θ_j exactly (merged neurons, T6): Σ c(c−1)/2 over groups of equal rows."""
-    if cloud.shape[0] < 2:
-        return 0
-    # Equal rows have equal projections: only rows whose random projection collides are compared exactly.
-    key = cloud.to(torch.float64) @ torch.randn(cloud.shape[1], dtype=torch.float64,
-                                               generator=torch.Generator().manual_seed(0))
-    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
-    candidates = counts[inverse] > 1
-    if not bool(candidates.any()):
-        return 0
-    _, counts = torch.unique(cloud[candidates], dim=0, return_counts=True)
-    return int((counts * (counts - 1) // 2).sum())
+from topoverify.errors import NonFiniteError
+from topoverify.measure.chunks import GATHER_ELEMENTS, row_chunks
+from topoverify.measure.interval import U64, gamma
 
 
 def _pow2_exponent(X: torch.Tensor) -> int:
@@ -88,9 +69,8 @@ def _accurate_cdist(X: torch.Tensor, s: int, e: int, norms: torch.Tensor | None 
     close = d < 1e-2 * (norms[s:e, None] + norms[None, :])
     if bool(close.any()):
         i, j = close.nonzero(as_tuple=True)
-        step = max(1, (1 << 20) // max(1, X.shape[1]))
-        for k in range(0, i.numel(), step):
-            ii, jj = i[k: k + step], j[k: k + step]
+        for k0, k1 in row_chunks(i.numel(), X.shape[1], GATHER_ELEMENTS):
+            ii, jj = i[k0:k1], j[k0:k1]
             d[ii, jj] = (X[s + ii] - X[jj]).norm(dim=1)
     return d
 
@@ -101,9 +81,8 @@ def _accurate_inner(M: torch.Tensor, X: torch.Tensor, s: int, e: int, close: tor
     out = qm[s:e, None] + qm[None, :] - M[s:e] @ X.T - X[s:e] @ M.T
     if bool(close.any()):
         i, j = close.nonzero(as_tuple=True)
-        step = max(1, (1 << 20) // max(1, X.shape[1]))
-        for k in range(0, i.numel(), step):
-            ii, jj = i[k: k + step], j[k: k + step]
+        for k0, k1 in row_chunks(i.numel(), X.shape[1], GATHER_ELEMENTS):
+            ii, jj = i[k0:k1], j[k0:k1]
             out[ii, jj] = ((M[s + ii] - M[jj]) * (X[s + ii] - X[jj])).sum(dim=1)
     return out
 
@@ -117,7 +96,6 @@ def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: 
     replaces c·eps). Distances are computed in float64 on clouds rescaled by a power of two (no overflow for
     any finite cloud), accurately for close pairs. Raises :class:`NonFiniteError` if a cloud holds NaN/Inf
     or a distance exceeds the float64 range: a non-finite result is never a pass."""
-    from topoverify.errors import NonFiniteError
     if not (bool(torch.isfinite(before).all()) and bool(torch.isfinite(after).all())):
         raise NonFiniteError("the neuron cloud holds NaN/Inf, so pairwise distance ratios are not defined.")
     n, d = before.shape[0], (before.shape[1] if before.dim() == 2 else 1)
@@ -136,7 +114,7 @@ def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: 
     rmin, rmax, count, m0, m1, margin, secant, fold = math.inf, -math.inf, 0, 0, 0, math.inf, 0.0, -math.inf
     viol = [0] * len(all_bands)
     margins = [math.inf] * len(all_bands)
-    for s, e in _row_chunks(n):
+    for s, e in row_chunks(n, n):
         upper_mask = torch.arange(n)[None, :] > torch.arange(s, e)[:, None]
         d0 = _unscaled(_accurate_cdist(B, s, e, nb), e0)
         d1 = _unscaled(_accurate_cdist(A, s, e, na), e1)
@@ -168,14 +146,6 @@ def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: 
 # Certified maximum of a ratio of pairwise distances
 # ----------------------------------------------------------------------------------------------------------
 
-_U64 = 2.0 ** -53
-
-
-def _gamma(n: int, u: float) -> float:
-    nu = n * u
-    return nu / (1 - nu) if nu < 1 else math.inf
-
-
 def max_pair_ratio(X: torch.Tensor, Y: torch.Tensor) -> float:
     """A certified upper bound on ρ = max over pairs i < j with x_i ≠ x_j of ‖y_i − y_j‖ / ‖x_i − x_j‖, within
     a relative 1e-12 of ρ; ``inf`` if some x_i = x_j carry y_i ≠ y_j (0 for fewer than two rows).
@@ -196,11 +166,11 @@ def max_pair_ratio(X: torch.Tensor, Y: torch.Tensor) -> float:
     Xs, Ys = X64.to(dt), Y64.to(dt)
     u = torch.finfo(dt).eps / 2
     tiny = torch.finfo(dt).tiny
-    gx, gy = _gamma(X.shape[1] + 2, u), _gamma(Y.shape[1] + 2, u)
+    gx, gy = gamma(X.shape[1] + 2, u), gamma(Y.shape[1] + 2, u)
     nx, ny = X64.norm(dim=1), Y64.norm(dim=1)
     qx, qy = (Xs * Xs).sum(dim=1).to(torch.float64), (Ys * Ys).sum(dim=1).to(torch.float64)
     best, best_r = 0.0, 0.0
-    for s, e in _row_chunks(n):
+    for s, e in row_chunks(n, n):
         upper_mask = torch.arange(n)[None, :] > torch.arange(s, e)[:, None]
         dx2 = qx[s:e, None] + qx[None, :] - 2 * (Xs[s:e] @ Xs.T).to(torch.float64)
         dy2 = qy[s:e, None] + qy[None, :] - 2 * (Ys[s:e] @ Ys.T).to(torch.float64)
@@ -213,9 +183,8 @@ def max_pair_ratio(X: torch.Tensor, Y: torch.Tensor) -> float:
         best = max(best, float(lo2.max()) if lo2.numel() else 0.0)
         cand = upper_mask & (hi2 >= best * (1 - 1e-9))
         i, j = cand.nonzero(as_tuple=True)
-        step = max(1, (1 << 20) // max(1, X.shape[1] + Y.shape[1]))
-        for k in range(0, i.numel(), step):
-            ii, jj = i[k: k + step] + s, j[k: k + step]
+        for k0, k1 in row_chunks(i.numel(), X.shape[1] + Y.shape[1], GATHER_ELEMENTS):
+            ii, jj = i[k0:k1] + s, j[k0:k1]
             ddx, ddy = X64[ii] - X64[jj], Y64[ii] - Y64[jj]
             same = (ddx == 0).all(dim=1)
             if bool((same & (ddy != 0).any(dim=1)).any()):
@@ -226,10 +195,10 @@ def max_pair_ratio(X: torch.Tensor, Y: torch.Tensor) -> float:
                 best = max(best, best_r * best_r)
     # exact-difference ratios carry relative error ≤ γ_{d+4} in each squared norm (no underflow: each pair's
     # differences are rescaled by their own power of two before squaring)
-    rel = (1 + _gamma(Y.shape[1] + 4, _U64)) / (1 - _gamma(X.shape[1] + 4, _U64))
+    rel = (1 + gamma(Y.shape[1] + 4, U64)) / (1 - gamma(X.shape[1] + 4, U64))
     # every pruned pair has ratio² < best ≤ max(a candidate's lower end, candidates' exact ratio²), and the pair
     # with the largest lower end is itself a candidate, so the largest exact ratio bounds them all
-    return _ldexp(best_r * math.sqrt(rel) * (1 + 8 * _U64), ey - ex)
+    return _ldexp(best_r * math.sqrt(rel) * (1 + 8 * U64), ey - ex)
 
 
 def _exact_pair_ratios(ddx: torch.Tensor, ddy: torch.Tensor) -> torch.Tensor:

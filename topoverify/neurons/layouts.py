@@ -2,11 +2,13 @@
 
 A *neuron layer* of N neurons owns, for every member parameter, N equal blocks along one axis (git-re-basin's
 PermutationSpec, one permutation). Neuron i's parameter vector θ_i is the concatenation of its blocks, in member
-order; the layer's *neuron cloud* is the N×d matrix Θ = [θ_1; …; θ_N] (THEORY "Objects").
+order; the layer's *neuron cloud* is the N×d matrix Θ = [θ_1; …; θ_N] (the Θ of claims T1–T6 in
+``spec/claims.toml``).
 
 Layers are found automatically (:func:`detect_layers`) for chains ``Linear → elementwise ops → Linear`` and
-``Conv2d → elementwise/channelwise ops → Conv2d`` (or ``→ Flatten → Linear``), traced with ``torch.fx``.
-Anything else is declared with :func:`explicit_layer`.
+``Conv2d → elementwise/channelwise ops → Conv2d`` (or ``→ Flatten → Linear``), traced with ``torch.fx``;
+activations are recognised by :mod:`topoverify.neurons.activation_registry`. Anything else is declared with
+:func:`explicit_layer`.
 """
 
 from __future__ import annotations
@@ -20,23 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from topoverify.formatting import ResultMixin
 from topoverify.errors import LayoutError, UnsupportedError
+from topoverify.formatting import ResultMixin
+from topoverify.neurons.activation_registry import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES
 
-# Elementwise activations: module types and traced functions/methods, by canonical name.
-ACTIVATION_MODULES: dict[type, str] = {
-    nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "silu",
-    nn.Softplus: "softplus", nn.ELU: "elu", nn.LeakyReLU: "leaky_relu", nn.Identity: "identity",
-    nn.Hardtanh: "hardtanh", nn.Mish: "mish", nn.Softsign: "softsign", nn.CELU: "celu", nn.SELU: "selu",
-    nn.ReLU6: "relu6", nn.Tanhshrink: "tanhshrink",
-}
-ACTIVATION_FUNCTIONS: dict[object, str] = {
-    torch.tanh: "tanh", torch.sigmoid: "sigmoid", torch.relu: "relu", F.relu: "relu", F.gelu: "gelu",
-    F.silu: "silu", F.softplus: "softplus", F.elu: "elu", F.leaky_relu: "leaky_relu", F.tanh: "tanh",
-    F.sigmoid: "sigmoid", F.mish: "mish", F.softsign: "softsign", F.selu: "selu", F.celu: "celu",
-    F.relu6: "relu6", F.hardtanh: "hardtanh",
-}
-ACTIVATION_METHODS = {"tanh": "tanh", "sigmoid": "sigmoid", "relu": "relu"}
 # Channelwise ops that keep neurons separate (allowed between producer and consumer).
 PASSTHROUGH_MODULES = (nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -190,7 +179,7 @@ def _as_callable(node, modules):
 
 def _activation_key(node, modules) -> str:
     """A string that identifies an activation with its arguments (e.g. ``softplus(beta=100.0)``), so that
-    one configuration shares one cached :class:`~topoverify.activations.Activation`."""
+    one configuration shares one cached :class:`~topoverify.neurons.activations.Activation`."""
     if node.op == "call_module":
         return repr(modules[node.target])
     extra = [repr(a) for a in node.args[1:]] + [f"{k}={v!r}" for k, v in node.kwargs.items()]

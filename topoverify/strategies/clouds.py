@@ -1,7 +1,7 @@
 """Hypothesis strategies for point clouds with known topology and for bi-Lipschitz maps.
 
 Every strategy draws only small integers and floats (a point count, a seed, a noise level, singular
-values) and builds the array deterministically from them with :mod:`topoverify.clouds`, so failures
+values) and builds the array deterministically from them with :mod:`topoverify.experiments.clouds`, so failures
 shrink to the fewest points, seed 0 and zero noise. Arguments that are themselves strategies are drawn
 (e.g. ``ambient_dim=st.sampled_from([2, 3, 74])``).
 
@@ -11,7 +11,6 @@ shrink to the fewest points, seed 0 and zero noise. Arguments that are themselve
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from topoverify.experiments import clouds as _c
+from topoverify.symbolic import interleaving_epsilon_numeric
 
 __all__ = [
     "BiLipschitzMap",
@@ -150,8 +150,8 @@ class BiLipschitzMap:
 
     @property
     def epsilon(self) -> float:
-        """T5's log-bottleneck bound ``max(log b, -log a)``."""
-        return max(math.log(self.b), -math.log(self.a))
+        """T5's log-bottleneck bound ``max(log b, -log a)`` (from :mod:`topoverify.symbolic`)."""
+        return interleaving_epsilon_numeric(self.a, self.b)
 
 
 def bilipschitz_maps(a: float, b: float, dim: int) -> st.SearchStrategy[BiLipschitzMap]:

@@ -8,6 +8,12 @@ The names listed under ``sympy =`` in ``spec/claims.toml`` are attributes of thi
 * T4 ``multistep_bounds`` (``compose_one_step``, ``constant_rate_multistep_bounds``)
 * T5 ``interleaving_epsilon`` (``EPSILON = -log(1 - eta*K)``)
 * T6 ``absorbing_symmetry_residuals``
+* T7 ``additive_step_bounds`` (``ADDITIVE_DELTA`` = 2 eta sup|u|, ``sign_rule_sup_norm``, and the momentum
+  coefficients ``sgd_momentum_coefficients`` with ``momentum_K_eff``)
+* T8 ``solve_gd_quadratic_stability`` (``EDGE_OF_STABILITY`` = 2/lambda, ``collective_mode_example``)
+
+Modules: :mod:`.bounds` (T2–T5 and their numeric forms), :mod:`.summary` (all of them for one (K, lr, steps)),
+:mod:`.equivariance` (T1, T6), :mod:`.optimizer_steps` (T7), :mod:`.stability` (T8).
 """
 
 from topoverify.symbolic.bounds import (
@@ -22,9 +28,7 @@ from topoverify.symbolic.bounds import (
     STEP,
     T,
     X,
-    BoundSummary,
     MultiStepBounds,
-    bound_summary,
     bounds_numeric,
     compose_one_step,
     constant_rate_multistep_bounds,
@@ -39,9 +43,34 @@ from topoverify.symbolic.bounds import (
     multistep_bounds_numeric,
     one_step_bounds,
     positivity_condition,
-    run_bounds_command,
     solve_eta_star,
 )
+from topoverify.symbolic.optimizer_steps import (
+    ADDITIVE_DELTA,
+    DIM,
+    DIST,
+    DU,
+    MU,
+    RHO_B,
+    TAU,
+    U_SUP,
+    additive_delta_numeric,
+    additive_step_bounds,
+    momentum_K_eff,
+    sgd_momentum_coefficients,
+    sgd_momentum_coefficients_numeric,
+    sign_rule_sup_norm,
+)
+from topoverify.symbolic.stability import (
+    EDGE_OF_STABILITY,
+    LAM,
+    CollectiveModeExample,
+    collective_mode_example,
+    edge_of_stability_numeric,
+    gd_quadratic_step,
+    solve_gd_quadratic_stability,
+)
+from topoverify.symbolic.summary import BoundSummary, bound_summary
 from topoverify.symbolic.equivariance import (
     SymbolicRule,
     absorbing_symmetry_residuals,
@@ -53,6 +82,27 @@ from topoverify.symbolic.equivariance import (
 )
 
 __all__ = [
+    "ADDITIVE_DELTA",
+    "DIM",
+    "DIST",
+    "DU",
+    "EDGE_OF_STABILITY",
+    "LAM",
+    "MU",
+    "RHO_B",
+    "TAU",
+    "U_SUP",
+    "CollectiveModeExample",
+    "additive_delta_numeric",
+    "additive_step_bounds",
+    "collective_mode_example",
+    "edge_of_stability_numeric",
+    "gd_quadratic_step",
+    "momentum_K_eff",
+    "sgd_momentum_coefficients",
+    "sgd_momentum_coefficients_numeric",
+    "sign_rule_sup_norm",
+    "solve_gd_quadratic_stability",
     "EPSILON",
     "EPSILON_SCALE_FREE",
     "ETA",
@@ -87,7 +137,6 @@ __all__ = [
     "multistep_bounds_numeric",
     "one_step_bounds",
     "positivity_condition",
-    "run_bounds_command",
     "solve_eta_star",
     "transposition_identity_residuals",
 ]

@@ -11,19 +11,19 @@ here, so the checker evaluates exactly the formulas that the spec states and the
 
 Numeric helpers (:func:`bounds_numeric`, :func:`eta_star_numeric`, :func:`epsilon_numeric`,
 :func:`multistep_bounds_numeric`) accept Python floats, numpy arrays and torch tensors and return the same
-kind (a float for scalar input).  :func:`bound_summary` packs everything for one ``(K, lr, steps)``.
+kind (a float for scalar input); :func:`topoverify.symbolic.summary.bound_summary` packs everything for one
+``(K, lr, steps)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import sys
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import sympy as sp
+import torch
 
 from topoverify.formatting import ResultMixin, fmt
 from topoverify.errors import TopoverifyError
@@ -54,15 +54,11 @@ __all__ = [
     "eta_star_numeric",
     "epsilon_numeric",
     "multistep_bounds_numeric",
+    "interleaving_epsilon_numeric",
     "MultiStepBounds",
-    "BoundSummary",
-    "bound_summary",
-    "run_bounds_command",
 ]
 
-# ---------------------------------------------------------------------------------------------------------
-# Symbols
-# ---------------------------------------------------------------------------------------------------------
+# --- Symbols ---------------------------------------------------------------------------------------------
 
 #: learning rate η > 0
 ETA = sp.Symbol("eta", positive=True)
@@ -78,9 +74,7 @@ STEP = sp.Symbol("t", integer=True, positive=True)
 ETA_T = sp.IndexedBase("eta", positive=True)
 K_T = sp.IndexedBase("K", positive=True)
 
-# ---------------------------------------------------------------------------------------------------------
-# T2: one step
-# ---------------------------------------------------------------------------------------------------------
+# --- T2: one step ----------------------------------------------------------------------------------------
 
 
 def one_step_bounds(eta: sp.Expr = ETA, K_: sp.Expr = K) -> tuple[sp.Expr, sp.Expr]:
@@ -96,9 +90,7 @@ def one_step_bounds(eta: sp.Expr = ETA, K_: sp.Expr = K) -> tuple[sp.Expr, sp.Ex
 #: T2 with the default symbols
 ONE_STEP_BOUNDS: tuple[sp.Expr, sp.Expr] = one_step_bounds()
 
-# ---------------------------------------------------------------------------------------------------------
-# T3: critical learning rate, solved (not typed in)
-# ---------------------------------------------------------------------------------------------------------
+# --- T3: critical learning rate, solved (not typed in) ---------------------------------------------------
 
 
 def positivity_condition(eta: sp.Symbol = ETA, K_: sp.Symbol = K) -> sp.Rel:
@@ -128,9 +120,7 @@ def solve_eta_star(eta: sp.Symbol = ETA, K_: sp.Symbol = K) -> sp.Expr:
 #: η* as solved by sympy (equals 1/K)
 ETA_STAR: sp.Expr = solve_eta_star()
 
-# ---------------------------------------------------------------------------------------------------------
-# T4: multi-step
-# ---------------------------------------------------------------------------------------------------------
+# --- T4: multi-step --------------------------------------------------------------------------------------
 
 
 def multistep_bounds(steps: sp.Expr = T) -> tuple[sp.Product, sp.Product]:
@@ -169,9 +159,7 @@ def compose_one_step(n: int) -> tuple[sp.Expr, sp.Expr]:
     return lo, hi
 
 
-# ---------------------------------------------------------------------------------------------------------
-# T5: log-scale interleaving constant
-# ---------------------------------------------------------------------------------------------------------
+# --- T5: log-scale interleaving constant -----------------------------------------------------------------
 
 
 def interleaving_epsilon(a: sp.Expr, b: sp.Expr) -> sp.Expr:
@@ -216,20 +204,9 @@ def epsilon_blows_up_at_eta_star() -> bool:
     return sp.limit(EPSILON.subs(ETA, X / K), X, 1, dir="-") == sp.oo
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Numeric versions (lambdified from the expressions above)
-# ---------------------------------------------------------------------------------------------------------
+# --- Numeric versions (lambdified from the expressions above) --------------------------------------------
 
-_TORCH_MODULES: list[Any] | None = None
-
-
-def _torch_modules() -> list[Any]:
-    global _TORCH_MODULES
-    if _TORCH_MODULES is None:
-        import torch
-
-        _TORCH_MODULES = [{"log": torch.log, "exp": torch.exp, "sqrt": torch.sqrt, "atanh": torch.atanh}]
-    return _TORCH_MODULES
+_TORCH_MODULES = [{"log": torch.log, "exp": torch.exp, "sqrt": torch.sqrt, "atanh": torch.atanh}]
 
 
 _LAMBDA_CACHE: dict[tuple[str, str], Callable[..., Any]] = {}
@@ -243,7 +220,7 @@ def _lambdified(name: str, backend: str) -> Callable[..., Any]:
             "eta_star": ETA_STAR,
             "epsilon": EPSILON,
         }
-        modules = "numpy" if backend == "numpy" else _torch_modules()
+        modules = "numpy" if backend == "numpy" else _TORCH_MODULES
         _LAMBDA_CACHE[key] = sp.lambdify((K, ETA), exprs[name], modules=modules)
     return _LAMBDA_CACHE[key]
 
@@ -264,17 +241,15 @@ def _check_array(name: str, value: Any, *, allow_zero: bool, allow_inf: bool, fi
         raise TopoverifyError(f"{name} must be {relation} (got {arr[bad].ravel()[0]}); {fix}")
 
 
-_K_FIX = "pass the Lipschitz constant K >= 0 (a norm bound; use inf when no finite bound is known)"
-_LR_FIX = "pass the learning rate lr > 0 (finite)"
+K_FIX = "pass the Lipschitz constant K >= 0 (a norm bound; use inf when no finite bound is known)"
+LR_FIX = "pass the learning rate lr > 0 (finite)"
 
 
 def _prepare(K_: Any, lr: Any) -> tuple[str, Any, Any, bool]:
     """Validate and convert to a common backend; returns (backend, K, lr, scalar_input)."""
-    _check_array("K", K_, allow_zero=True, allow_inf=True, fix=_K_FIX)
-    _check_array("lr", lr, allow_zero=False, allow_inf=False, fix=_LR_FIX)
+    _check_array("K", K_, allow_zero=True, allow_inf=True, fix=K_FIX)
+    _check_array("lr", lr, allow_zero=False, allow_inf=False, fix=LR_FIX)
     if _is_torch(K_) or _is_torch(lr):
-        import torch
-
         ref = K_ if _is_torch(K_) else lr
         dtype = ref.dtype if ref.is_floating_point() else torch.float64
         k_t = K_.to(dtype) if _is_torch(K_) else torch.as_tensor(K_, dtype=dtype, device=ref.device)
@@ -290,8 +265,6 @@ def _out(x: Any, scalar: bool) -> Any:
 
 def _where(backend: str, cond: Any, a: Any, b: Any) -> Any:
     if backend == "torch":
-        import torch
-
         return torch.where(cond, torch.as_tensor(a, dtype=b.dtype, device=b.device), b)
     return np.where(cond, a, b)
 
@@ -309,7 +282,7 @@ def bounds_numeric(K: Any, lr: Any) -> tuple[Any, Any]:  # noqa: N803 - K is the
 
 def eta_star_numeric(K: Any) -> Any:  # noqa: N803
     """T3 numerically: ``1/K``; ``inf`` where ``K == 0`` (no finite critical rate), ``0`` where ``K == inf``."""
-    _check_array("K", K, allow_zero=True, allow_inf=True, fix=_K_FIX)
+    _check_array("K", K, allow_zero=True, allow_inf=True, fix=K_FIX)
     backend, k, _, scalar = _prepare(K, 1.0)
     scalar = scalar and not _is_torch(K)
     fn = _lambdified("eta_star", backend)
@@ -395,8 +368,6 @@ def multistep_bounds_numeric(Ks: Any, lrs: Any, *, cumulative: bool = False) -> 
     """
     backend, k, l, _ = _prepare(Ks, lrs)
     if backend == "torch":
-        import torch
-
         k, l = torch.broadcast_tensors(torch.atleast_1d(k), torch.atleast_1d(l))
         if k.ndim != 1:
             raise TopoverifyError(f"Ks and lrs must be 1-D (one entry per step); got shape {tuple(k.shape)}")
@@ -424,110 +395,3 @@ def multistep_bounds_numeric(Ks: Any, lrs: Any, *, cumulative: bool = False) -> 
         lower = lo_c if cumulative else (float(lo_c[-1]) if n else 1.0)
         upper = hi_c if cumulative else (float(hi_c[-1]) if n else 1.0)
     return MultiStepBounds(lower=lower, upper=upper, steps=n, clipped=idx is not None, first_nonpositive_step=idx)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Summary for one (K, lr, steps)
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class BoundSummary(ResultMixin):
-    """What the theory predicts for a step rule with constant ``K`` and learning rate ``lr``.
-
-    ``multistep_*`` assume the same K at every step (a what-if; T4 proper uses each step's own K_t).
-    ``survival_threshold = 2*epsilon`` is the log-persistence above which a feature of the neuron cloud's
-    Vietoris–Rips diagram survives the step (T5). Both lower bounds are in their sharp form max(0, ·):
-    distances are ≥ 0, so with lr*K ≥ 1 the lower bound is 0 (``one_step_clipped``); the upper bounds hold
-    at every rate (triangle inequality).
-    """
-
-    K: float
-    lr: float
-    steps: int
-    lr_times_K: float
-    eta_star: float
-    phase: str
-    one_step_lower: float
-    one_step_upper: float
-    one_step_clipped: bool
-    multistep_lower: float
-    multistep_upper: float
-    multistep_clipped: bool
-    epsilon: float
-    survival_threshold: float
-
-    def __str__(self) -> str:
-        lines = [
-            f"K = {fmt(self.K)}, lr = {fmt(self.lr)}, steps = {self.steps}",
-            f"  lr*K                     = {fmt(self.lr_times_K)}",
-            f"  eta* = 1/K               = {fmt(self.eta_star)}",
-            f"  phase                    = {self.phase}"
-            + ("  (lr < eta*: every step is bi-Lipschitz on the cloud)" if self.phase == "preserving"
-               else "  (lr >= eta*: folding / merging of neurons is possible, not certain)"),
-            f"  one-step ratio bounds    = [{fmt(self.one_step_lower)}, {fmt(self.one_step_upper)}]"
-            + ("  (lower clipped at 0: lr*K >= 1)" if self.one_step_clipped else ""),
-            f"  {f'{self.steps}-step ratio bounds':<25}"
-            + f"= [{fmt(self.multistep_lower)}, {fmt(self.multistep_upper)}]  (constant K and lr"
-            + ("; lower clipped at 0)" if self.multistep_clipped else ")"),
-            f"  epsilon = -log(1 - lr*K) = {fmt(self.epsilon)}  (log-scale bottleneck bound per step)",
-            f"  survival threshold 2eps  = {fmt(self.survival_threshold)}  (log-persistence that surely survives)",
-        ]
-        return "\n".join(lines)
-
-
-def _validate_scalar(name: str, value: Any, *, minimum: float, strict: bool, fix: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TopoverifyError(f"{name} must be a real number (got {value!r}); {fix}")
-    v = float(value)
-    if math.isnan(v):
-        raise TopoverifyError(f"{name} is NaN; {fix}")
-    if (strict and v <= minimum) or (not strict and v < minimum):
-        raise TopoverifyError(f"{name} must be {'>' if strict else '>='} {minimum:g} (got {v:g}); {fix}")
-    return v
-
-
-def bound_summary(K: float, lr: float, steps: int = 1) -> BoundSummary:  # noqa: N803
-    """Evaluate T2–T5 for one ``(K, lr, steps)``; bad input raises :class:`TopoverifyError` naming the fix."""
-    k = _validate_scalar("K", K, minimum=0.0, strict=False, fix=_K_FIX)
-    l = _validate_scalar("lr", lr, minimum=0.0, strict=True, fix=_LR_FIX)
-    if math.isinf(l):
-        raise TopoverifyError(f"lr must be finite (got {l}); {_LR_FIX}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise TopoverifyError(f"steps must be an integer >= 1 (got {steps!r}); pass the number of steps T")
-    steps = int(steps)
-    x = k * l
-    lo, hi = bounds_numeric(k, l)
-    multi = multistep_bounds_numeric(np.full(steps, k), np.full(steps, l))
-    eps = epsilon_numeric(k, l)
-    return BoundSummary(
-        K=k,
-        lr=l,
-        steps=steps,
-        lr_times_K=x,
-        eta_star=eta_star_numeric(k),
-        phase="preserving" if x < 1 else "breakdown-possible",
-        one_step_lower=max(0.0, lo),
-        one_step_upper=hi,
-        one_step_clipped=lo <= 0,
-        multistep_lower=multi.lower,
-        multistep_upper=multi.upper,
-        multistep_clipped=multi.clipped,
-        epsilon=eps,
-        survival_threshold=2 * eps,
-    )
-
-
-def run_bounds_command(K: float, lr: float, steps: int = 1, json_output: bool = False) -> int:  # noqa: N803
-    """CLI body of ``topoverify bounds``: print the summary (or its JSON); 0 on success, 2 on bad input."""
-    try:
-        summary = bound_summary(K, lr, steps)
-    except TopoverifyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if json_output:
-        print(json.dumps(summary.to_dict(), indent=2))
-    else:
-        print(summary)
-    return 0
-

@@ -32,13 +32,15 @@ class ExampleTimeout(BaseException):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`~topoverify.equivariance.equivariance_error`; ``report`` is the partial verdict
-    (``not_equivariant`` if a counterexample had been found, otherwise ``inconclusive``)."""
+    """Ctrl-C during :func:`~topoverify.checks.equivariance.checker.equivariance_error`; ``report`` is the
+    partial verdict (``not_equivariant`` if a counterexample had been found, otherwise ``inconclusive``)."""
 
     def __init__(self, report: EquivarianceReport):
         self.report = report
         super().__init__("interrupted; the partial report is in .report")
 
+
+DEFAULT_TIMEOUT = 60.0  # seconds per example
 
 _deadline = threading.local()
 
@@ -79,10 +81,10 @@ def time_limit(seconds: float | None):
         _deadline.end = previous_end
 
 
-_PHASES = {
-    "_run_original": "the original run",
-    "_perturbed_run": "a round-off probe (an unpermuted rerun perturbed by a few ulps)",
-    "run_example": "a permuted run",
+_PHASES = {  # function (in topoverify.checks) -> the run it drives
+    "original_run": "the original run",
+    "perturbed_run": "a round-off probe (an unpermuted rerun perturbed by a few ulps)",
+    "permuted_run": "a permuted run",
     "distribution_mismatch": "the in-distribution test",
     "resolve_setup": "the setup probe (finding how to drive the rule)",
     "compute_precision": "the precision probe",
@@ -103,9 +105,11 @@ def where(tb: types.TracebackType | None) -> str:
     phase, step, perm = None, None, None
     for f in frames:
         name = f.f_code.co_name
-        if name in _PHASES and f.f_code.co_filename.endswith(("runner.py", "search.py")):
+        if name in _PHASES and f.f_globals.get("__name__", "").startswith("topoverify.checks."):
+            if name == "original_run" and phase == _PHASES["perturbed_run"]:
+                continue  # a round-off probe records its run as the original run does
             phase = _PHASES[name]
-            if name == "run_example" and "perm_t" in f.f_locals:
+            if name == "permuted_run" and "perm_t" in f.f_locals:
                 perm = [int(i) for i in f.f_locals["perm_t"]]
         if name == "trajectory" and "t" in f.f_locals:
             step = f.f_locals["t"]
@@ -127,4 +131,4 @@ def where(tb: types.TracebackType | None) -> str:
     return ", ".join(parts) if parts else "at an unknown place"
 
 
-__all__ = ["ExampleTimeout", "Interrupted", "time_limit", "check_deadline", "where"]
+__all__ = ["DEFAULT_TIMEOUT", "ExampleTimeout", "Interrupted", "time_limit", "check_deadline", "where"]

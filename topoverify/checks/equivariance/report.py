@@ -1,4 +1,4 @@
-"""Result dataclasses of the equivariance checker."""
+"""Result dataclasses of the equivariance checker: a mismatch, a counterexample, the coverage, the report."""
 
 from __future__ import annotations
 
@@ -221,26 +221,4 @@ class EquivarianceReport(ResultMixin):
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class SymmetryReport(ResultMixin):
-    """T6 check: neurons that start identical (parameters and state) stay identical after every step.
-
-    ``verdict`` is ``"holds"``, ``"broken"`` (``step``, ``key``, ``gap`` say where), ``"inconclusive"``
-    (nothing moved) or ``"error"``."""
-
-    verdict: str
-    optimizer: str
-    message: str
-    steps: int = 0
-    step: int | None = None
-    key: str | None = None
-    gap: float = 0.0
-    allowed: float = 0.0
-    architecture: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict == "holds"
-
-    def __str__(self) -> str:
-        return f"{self.optimizer}: T6 {self.verdict}: {self.message}"
+__all__ = ["VERDICTS", "MIN_COMPARED_FRACTION", "Mismatch", "Counterexample", "Coverage", "EquivarianceReport"]

@@ -1,8 +1,8 @@
 """What the permuted run's optimizer state should be: the original state moved by the permutation, where the
-action of the permutation on it is known (THEORY "Objects": S(Pθ, Ps; ξ) = P S(θ, s; ξ)).
+action of the permutation on it is known (E1 of T6, ``spec/claims.toml``: S(Pθ, Ps; ξ) = P S(θ, s; ξ)).
 
-The action is read off the entry's shape (:func:`topoverify.permute.state_readings`): shaped like its parameter
-(also with singleton axes), keepdim and one-axis reductions, symmetric matrices over one of the parameter's
+The action is read off the entry's shape (:func:`topoverify.neurons.permute.state_readings`): shaped like its
+parameter (also with singleton axes), keepdim and one-axis reductions, symmetric matrices over one of the parameter's
 axes (``P S Pᵀ`` over the permuted axis: covariances, preconditioners and their inverse roots), flat vectors
 over the param group. Where a shape admits several readings, :class:`Readings` lists them and the comparison
 passes if the permuted run matches one. Where it admits none (blockwise quantisation scales over the flattened

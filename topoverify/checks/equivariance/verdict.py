@@ -1,21 +1,28 @@
-"""From the examples a search ran to a verdict: the tally of what was compared (:class:`Tally`), and the
-verdict when no counterexample was found (:func:`verdict_without_counterexample`).
+"""From the examples a search ran to a verdict and its text: the tally of what was compared (:class:`Tally`),
+the verdict when no counterexample was found (:func:`verdict_without_counterexample`), the counterexample
+and the messages of the other verdicts.
 
 A verdict rests only on evidence actually checked. ``equivariant`` needs at least
-:data:`~topoverify.equivariance.report.MIN_COMPARED_FRACTION` of the generated examples compared, and - where
+:data:`~topoverify.checks.equivariance.report.MIN_COMPARED_FRACTION` of the generated examples compared, and - where
 the search includes them - at least one compared example with a parameter tensor above
-:data:`~topoverify.strategies.models.LARGE_TENSOR` entries (blockwise, quantised and chunked implementations
+:data:`~topoverify.experiments.small_nets.LARGE_TENSOR` entries (blockwise, quantised and chunked implementations
 only show there); otherwise the verdict is ``inconclusive`` and says what could not be compared.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
-from topoverify.strategies.models import LARGE_TENSOR
-from topoverify.checks.equivariance.report import MIN_COMPARED_FRACTION, Coverage
-from topoverify.checks.equivariance.runner import COMPARABLE, ExampleResult
+from topoverify.checks.equivariance.distribution import DIST_SIGMAS
+from topoverify.checks.equivariance.example import ExampleResult
+from topoverify.checks.equivariance.report import MIN_COMPARED_FRACTION, Counterexample, Coverage, Mismatch
+from topoverify.checks.equivariance.roundoff import COMPARABLE
+from topoverify.checks.equivariance.setup import dtype_name
+from topoverify.checks.equivariance.training import OptimizerSetup
+from topoverify.experiments.small_nets import LARGE_TENSOR
 
 
 @dataclass
@@ -79,7 +86,7 @@ class Tally:
 
 def numerical_note(name: str, found: list[ExampleResult], completed: int, steps: int) -> str:
     """The report's note on examples whose comparison horizon was cut by the rule's own round-off
-    amplification (see :func:`~topoverify.equivariance.runner.rounding_sensitivity`)."""
+    amplification (see :func:`~topoverify.checks.equivariance.roundoff.rounding_sensitivity`)."""
     short = name.rsplit(".", 1)[-1]
     first = min(found, key=lambda r: r.compared_steps)
     sens = first.cut_by
@@ -173,4 +180,80 @@ def verdict_without_counterexample(tally: Tally, *, name: str, steps: int, rtols
     return "equivariant", msg, notes
 
 
-__all__ = ["Tally", "verdict_without_counterexample", "numerical_note"]
+def counterexample_of(res: ExampleResult, setup: OptimizerSetup) -> Counterexample:
+    """The report's counterexample from a failing example."""
+    ex, m = res.example, res.mismatch
+    assert m is not None and res.perm is not None
+    extra: dict[str, Any] = {}
+    if m.kind != "param":
+        pm = res.param_mismatch
+        extra = dict(parameters_differ=pm is not None, parameter_step=pm.step if pm else None,
+                     parameter_key=pm.key if pm else "", parameter_steps_matched=res.param_steps)
+    groups = f"{setup.group_flag} convention" if setup.group_flag else ("one" if setup.one_group else ex.groups)
+    return Counterexample(
+        architecture=ex.arch.describe(), arch=ex.arch.to_dict(), layer=res.layer_name, layer_index=ex.layer,
+        width=ex.width, permutation=res.perm, step=m.step, key=m.key, kind=m.kind, neurons=m.neurons,
+        original_neurons=m.original_neurons, observed=m.observed, allowed=m.allowed,
+        observed_abs=m.observed_abs, allowed_abs=m.allowed_abs, param_groups=groups,
+        duplicate=ex.duplicate, batch=ex.batch, init_seed=ex.init_seed, data_seed=ex.data_seed,
+        dtype=dtype_name(setup.dtype), detail=m.detail, **extra)
+
+
+def not_equivariant_message(cex: Counterexample, *, state_sentence: bool = True) -> str:
+    """The ``not_equivariant`` message; with ``state_sentence``, what the parameters did when the
+    counterexample is on optimizer state."""
+    msg = (f"not permutation-equivariant: after {cex.step} step(s) on {cex.architecture}, permuting layer "
+           f"{cex.layer!r} by {list(cex.permutation)} changes {cex.key} by {cex.observed:.3g} (relative) "
+           f"where {cex.allowed:.3g} is allowed.")
+    if state_sentence and cex.parameters_differ is not None:
+        msg += f" On optimizer state: {cex.parameters_text()}"
+    return msg
+
+
+def hang_message(where_: str, timeout: float | None) -> str:
+    return (f"the rule did not finish within the time limit of {timeout:g} s per example: {where_}. If it is "
+            f"merely slow, raise the limit (--timeout / timeout=).")
+
+
+def randomised_verdict(cex: Counterexample, dist: Mismatch | None, n_ok: int, steps: int
+                       ) -> tuple[str, str, Counterexample, list[str]]:
+    """(verdict, message, counterexample, notes) of a rule that draws its own randomness and departs per
+    realisation (``cex``), from the in-distribution test (``dist``: its worst mismatch over ``n_ok`` seeds)."""
+    if dist is not None:
+        cex = dataclasses.replace(cex, step=dist.step, key=dist.key, kind=dist.kind, neurons=(),
+                                  original_neurons=(), observed=dist.observed, allowed=dist.allowed,
+                                  observed_abs=dist.observed_abs, allowed_abs=dist.allowed_abs,
+                                  detail=dist.detail, parameters_differ=None, parameter_step=None,
+                                  parameter_key="", parameter_steps_matched=0)
+        msg = (f"not permutation-equivariant, not even in distribution: the rule draws its own randomness, "
+               f"but over {n_ok} torch seeds (shared by the original and the permuted run) the mean of "
+               f"{cex.key} after {cex.step} step(s) on {cex.architecture}, permuting layer {cex.layer!r} by "
+               f"{list(cex.permutation)}, differs from the permuted original's mean by {cex.observed:.3g} "
+               f"(relative) where {cex.allowed:.3g} is allowed.")
+        return "not_equivariant", msg, cex, []
+    notes = []
+    if n_ok >= 2:
+        notes.append(f"in-distribution test: over {n_ok} torch seeds the per-coordinate means of the "
+                     f"permuted and the permuted original run agree over all {steps} steps (within "
+                     f"{DIST_SIGMAS:g} standard errors plus the tolerance; a bias smaller than "
+                     f"that, relative to the rule's noise, would go unseen).")
+    msg = ("the rule draws its own per-coordinate randomness: with the seed shared between the original "
+           "and the permuted run it is not equivariant per realisation (see the counterexample), but the "
+           "means over many seeds agree, so it is equivariant at most in distribution; the topology "
+           "theorem's per-step argument (and T6) does not apply to it as is.")
+    return "stochastic", msg, cex, notes
+
+
+def interrupted_verdict(cex: Counterexample, randomness: bool) -> tuple[str, str, list[str]]:
+    """(verdict, message, notes) of a search interrupted after it had found ``cex``."""
+    if randomness:
+        return "inconclusive", (
+            "interrupted before the in-distribution test: the rule draws its own randomness and departs from "
+            "the permuted original per realisation (see the counterexample); whether it is equivariant in "
+            "distribution was not tested."), []
+    return ("not_equivariant", not_equivariant_message(cex, state_sentence=False),
+            ["interrupted while shrinking: the counterexample may not be minimal."])
+
+
+__all__ = ["Tally", "verdict_without_counterexample", "numerical_note", "counterexample_of", "not_equivariant_message",
+           "hang_message", "randomised_verdict", "interrupted_verdict"]

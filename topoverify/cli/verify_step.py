@@ -1,11 +1,24 @@
-"""Core subcommands: ``verify-step`` (the default job), ``bounds`` and ``spec``."""
+"""``topoverify verify-step``: predict K and eta* and hold them against real SGD steps (claims T2, T3, T7(a))
+on the embedded default scenario.
+
+Each real step is taken once: :func:`topoverify.checks.step_bounds.verify_step` steps private copies, and the
+next step continues from them (``StepVerification.model_after`` / ``.optimizer_after``). Exit 0 when every
+step was checked and held, 1 when a bound was violated, 3 when nothing was violated but some steps could not
+be checked (the run diverged to NaN/Inf), 2 on bad input.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 
+from topoverify.checks.step_bounds import verify_step
+from topoverify.errors import NonFiniteError, TopoverifyError
+from topoverify.experiments.scenarios import default_scenario
 from topoverify.formatting import fmt, jsonable
+
+__all__ = ["register", "run"]
 
 
 def register(sub) -> None:
@@ -17,28 +30,10 @@ def register(sub) -> None:
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
     p.add_argument("--neurons", type=int, default=64, help="neurons in the default scenario (default 64)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.set_defaults(func=run_verify_step)
-
-    b = sub.add_parser("bounds", help="print the T2-T5 bounds for a given K, learning rate and steps")
-    b.add_argument("--K", type=float, required=True, help="Lipschitz constant of the update field")
-    b.add_argument("--lr", type=float, required=True, help="learning rate eta")
-    b.add_argument("--steps", type=int, default=1, help="number of steps at this rate (default 1)")
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(func=lambda a: _run_bounds(a))
-
-    s = sub.add_parser("spec", help="print the claims and their traceability (tests, sympy, proofs)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=lambda a: _run_spec(a))
+    p.set_defaults(func=run)
 
 
-def _run_bounds(args) -> int:
-    from topoverify.symbolic import run_bounds_command
-    return run_bounds_command(args.K, args.lr, args.steps, json_output=args.json)
-
-
-def _run_spec(args) -> int:
-    from topoverify.spec_index import run_spec_command
-    return run_spec_command(json_output=args.json)
+_UPPER_ONLY = " (upper bound only: lr*K >= 1 makes the lower bound 0)"
 
 
 def _usage_error(message: str) -> int:
@@ -50,16 +45,10 @@ def _yes_no(holds: bool | None) -> str:
     return "n/a (no pair compared)" if holds is None else ("yes" if holds else "NO")
 
 
-def run_verify_step(args) -> int:
+def run(args) -> int:
     """Exit 0 when every requested step was checked and every bound held, 1 when a bound was violated,
     3 when no bound was violated but some steps could not be checked (the run diverged to NaN/Inf: a
     finding, reported as such, never counted as a pass), 2 on bad input."""
-    import math
-
-    from topoverify.errors import NonFiniteError, TopoverifyError
-    from topoverify.experiments.scenarios import default_scenario
-    from topoverify.checks.step_bounds import take_step, verify_step
-
     if args.steps < 1 or args.neurons < 2:
         return _usage_error("--steps must be >= 1 and --neurons >= 2")
     lrs = args.lr or [0.04, 2.5]
@@ -98,9 +87,9 @@ def run_verify_step(args) -> int:
                       f"eta*={fmt(p.eta_star)}, phase={p.phase}; observed ratios "
                       f"[{fmt(lv.min_ratio, 6)}, {fmt(lv.max_ratio, 6)}] within predicted "
                       f"[{fmt(p.lower, 6)}, {fmt(p.upper, 6)}]: {_yes_no(lv.holds)}"
-                      f"{'' if lv.checked == 'both bounds' else ' (upper bound only: lr*K >= 1 makes the lower bound 0)'}; "
+                      f"{'' if lv.checked == 'both bounds' else _UPPER_ONLY}; "
                       f"loss {fmt(ver.loss_before)} -> {fmt(ver.loss_after)}")
-            model, opt, _ = take_step(model, opt, scenario.loss_fn, scenario.batch)
+            model, opt = ver.model_after, ver.optimizer_after  # the real step, taken once by verify_step
         runs.append({"lr": lr, "steps": steps})
     total = args.steps * len(lrs)
     verdict = "violated" if violated else ("inconclusive" if unchecked else "held")

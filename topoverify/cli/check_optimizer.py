@@ -7,42 +7,19 @@ Exit codes: 0 equivariant, 1 not equivariant, 3 stochastic or inconclusive, 2 us
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import sys
-from collections.abc import Callable
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from topoverify.checks.equivariance import Interrupted, equivariance_error
+from topoverify.cli.loading import load_callable
 from topoverify.errors import TopoverifyError
 
 EXIT_CODES = {"equivariant": 0, "not_equivariant": 1, "stochastic": 3, "inconclusive": 3, "error": 2}
 EXIT_INTERRUPTED = 130
 DTYPE_CHOICES = {"both": None, "float64": "float64", "float32": "float32"}
-
-
-def load_callable(spec: str) -> Callable:
-    """``"package.module:Name"`` (or ``"package.module.Name"``) -> the object; raises TopoverifyError."""
-    if ":" in spec:
-        mod_name, _, attr = spec.partition(":")
-    else:
-        mod_name, _, attr = spec.rpartition(".")
-    if not mod_name or not attr:
-        raise TopoverifyError(f"expected MODULE:CALLABLE (e.g. torch.optim:Adam), got {spec!r}.")
-    cwd = os.getcwd()  # like pytest and uvicorn: MODULE may live in the current directory (a console script's
-    if cwd not in sys.path:  # sys.path[0] is its own bin directory, not the current one)
-        sys.path.insert(0, cwd)
-    try:
-        obj = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise TopoverifyError(f"cannot import module {mod_name!r}: {exc}") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise TopoverifyError(f"module {mod_name!r} has no attribute {attr!r}.") from None
-    if not callable(obj):
-        raise TopoverifyError(f"{spec!r} is not callable; give a class or factory make_optimizer(params, **kw).")
-    return obj
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -81,9 +58,6 @@ def _progress_bar():
     """A rich progress callback when stderr is a terminal, else ``None``."""
     if not sys.stderr.isatty():
         return None, None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=Console(stderr=True), transient=True)
     task = progress.add_task("examples", total=None)
@@ -119,8 +93,6 @@ def run(args) -> int:
         if args.json:  # --json promises one JSON object on stdout, usage errors included
             print(json.dumps({"verdict": "error", "message": str(exc), "optimizer": args.optimizer}))
         raise
-    from topoverify.checks.equivariance import Interrupted, equivariance_error
-
     progress, callback = _progress_bar()
     options = dict(optimizer_kwargs=kwargs, examples=args.examples, steps=args.steps, seed=args.seed,
                    dtype=DTYPE_CHOICES[args.dtype], rtol=args.rtol, conv=not args.no_conv, large=not args.no_large,
@@ -148,4 +120,4 @@ def _print(report, as_json: bool) -> None:
     print(json.dumps(report.to_dict()) if as_json else report)
 
 
-__all__ = ["register", "run", "load_callable", "EXIT_CODES", "EXIT_INTERRUPTED"]
+__all__ = ["register", "run", "EXIT_CODES", "EXIT_INTERRUPTED"]

@@ -1,0 +1,139 @@
+"""Claim T1 against autograd: every neuron's loss gradient is one field evaluated at that neuron (the checker
+of T1 in ``spec/claims.toml``).
+
+For each layer, the field g(z) = ∇Φ(z) of :func:`topoverify.measure.field.block_samples` (built from the
+layer input and the back-propagated signal δ, frozen at the current state) is evaluated at every neuron and
+compared with autograd's per-neuron gradient ∂L/∂θ_i:
+
+    residual = max_i ‖g(θ_i) − ∂L/∂θ_i‖ / max(max_i ‖∂L/∂θ_i‖, max_i ‖g(θ_i)‖),
+
+which T1(b) says is 0 up to round-off (an exact identity, not an approximation). The tolerance is relative
+and follows the dtype (like e3nn's ``assert_equivariant``): 1e-9 for float64, 1e-4 for float32. Layers
+with a kink (ReLU) are fine: the identity holds wherever the pre-activations avoid the kink, and at the kink
+both sides use torch's one-sided derivative. A model whose neurons do not enter the next layer additively
+(claim T1's assumption A2) either fails layout detection (a clear :class:`LayoutError`) or fails here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from topoverify.checks.step_bounds import combine_verdicts
+from topoverify.errors import UnsupportedError
+from topoverify.formatting import ResultMixin, fmt
+from topoverify.measure.field import block_samples
+from topoverify.neurons.copying import clone
+from topoverify.neurons.layouts import NeuronLayer, neuron_cloud, resolve_layers
+from topoverify.neurons.lossfn import check_loss
+
+RELATIVE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+@dataclass(frozen=True)
+class LayerFieldIdentity(ResultMixin):
+    """T1 on one layer: the largest relative residual between the field and autograd over its neurons.
+
+    ``holds`` is None (no check) when the layer's field could not be built (``reason`` says why)."""
+
+    layer: str
+    n_neurons: int
+    dim: int
+    activation: str | None
+    residual: float
+    tolerance: float
+    holds: bool | None
+    worst_neuron: int | None = None
+    gradient_scale: float = 0.0  # max_i ‖∂L/∂θ_i‖
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.holds is None:
+            return f"layer {self.layer}: not checked ({self.reason})"
+        return (f"layer {self.layer} ({self.n_neurons} neurons, d={self.dim}, {self.activation}): max relative "
+                f"residual |g(theta_i) - dL/dtheta_i| = {fmt(self.residual, 3)} (tolerance {fmt(self.tolerance, 3)}"
+                f", worst neuron {self.worst_neuron}) -> {'HOLDS' if self.holds else 'VIOLATED'}")
+
+
+@dataclass(frozen=True)
+class FieldIdentityCheck(ResultMixin):
+    """T1 per layer. ``holds``: True when every layer was checked and held, False when any failed, None
+    when none failed but some layer could not be checked."""
+
+    layers: tuple[LayerFieldIdentity, ...]
+    loss: float
+
+    @property
+    def holds(self) -> bool | None:
+        return combine_verdicts(row.holds for row in self.layers)
+
+    def layer(self, name: str) -> LayerFieldIdentity:
+        for row in self.layers:
+            if row.layer == name:
+                return row
+        raise KeyError(f"no checked layer {name!r}; layers: {[row.layer for row in self.layers]}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "holds": self.holds}
+
+    def __str__(self) -> str:
+        verdict = {True: "holds", False: "VIOLATED", None: "not fully checked"}[self.holds]
+        return "\n".join([f"T1 field identity (loss {fmt(self.loss)}): {verdict}",
+                          *(f"  {row}" for row in self.layers)])
+
+
+@torch.enable_grad()
+def autograd_neuron_gradients(model: nn.Module, layer: NeuronLayer, loss_fn: Callable, batch) -> torch.Tensor:
+    """∂L/∂θ_i for every neuron of ``layer`` (N×d, the layout of :func:`neuron_cloud`), by autograd on
+    ``model`` itself (pass a copy: ``loss_fn`` runs on it); no ``.grad`` is touched."""
+    named = dict(model.named_parameters())
+    names = [m.name for m in layer.members]
+    loss = loss_fn(model, batch)
+    check_loss(loss, where=f"layer {layer.name!r}")
+    grads = torch.autograd.grad(loss, [named[n] for n in names], allow_unused=True)
+    return neuron_cloud(model, layer, {n: torch.zeros_like(named[n]) if g is None else g
+                                       for n, g in zip(names, grads)})
+
+
+def check_field_identity(model: nn.Module, loss_fn: Callable, batch, *,
+                         layers: Sequence[NeuronLayer] | NeuronLayer | None = None) -> FieldIdentityCheck:
+    """Hold T1(b), ∂L/∂θ_i = g(θ_i) with one field g per layer, against autograd on private copies.
+
+    ``loss_fn(model, batch)`` returns a scalar tensor; ``layers`` defaults to automatic detection. Raises
+    :class:`UnsupportedError` when no layer's field can be built (the reasons are listed); a layer that
+    cannot be built among others gets ``holds=None`` and its reason. ``loss_fn`` runs only on private
+    copies; the model is not modified.
+    """
+    layers = resolve_layers(model, layers)
+    rows, loss = [], math.nan
+    for layer in layers:
+        private = clone(model)  # one fresh copy per layer: loss_fn's side effects never reach the next layer
+        cloud = neuron_cloud(private, layer)
+        base = dict(layer=layer.name, n_neurons=layer.size, dim=cloud.shape[1], activation=layer.activation)
+        try:
+            samples, loss = block_samples(private, layer, loss_fn, batch)
+        except UnsupportedError as exc:
+            rows.append(LayerFieldIdentity(**base, residual=math.nan, tolerance=math.nan, holds=None,
+                                           reason=str(exc)))
+            continue
+        field = samples.gradient(cloud).to(torch.float64)
+        auto = autograd_neuron_gradients(private, layer, loss_fn, batch).to(torch.float64)
+        errors = (field - auto).norm(dim=1)
+        scale = max(float(auto.norm(dim=1).max()), float(field.norm(dim=1).max())) if errors.numel() else 0.0
+        residual = float(errors.max()) / scale if scale > 0 else 0.0
+        tol = RELATIVE_TOLERANCE.get(cloud.dtype, RELATIVE_TOLERANCE[torch.float32])
+        rows.append(LayerFieldIdentity(**base, residual=residual, tolerance=tol, holds=residual <= tol,
+                                       worst_neuron=int(errors.argmax()) if errors.numel() else None,
+                                       gradient_scale=float(auto.norm(dim=1).max()) if errors.numel() else 0.0))
+    if all(row.holds is None for row in rows):
+        reasons = "; ".join(f"{row.layer}: {row.reason}" for row in rows)
+        raise UnsupportedError(f"nothing to check: no layer's update field could be built ({reasons}).")
+    return FieldIdentityCheck(tuple(rows), loss)
+
+
+__all__ = ["FieldIdentityCheck", "LayerFieldIdentity", "RELATIVE_TOLERANCE", "autograd_neuron_gradients",
+           "check_field_identity"]
