@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from topoverify.checks.step_bounds import combine_verdicts
+from topoverify.checks.verdicts import LayerRows
 from topoverify.errors import UnsupportedError
 from topoverify.formatting import ResultMixin, fmt
 from topoverify.measure.field import block_samples
@@ -60,22 +60,12 @@ class LayerFieldIdentity(ResultMixin):
 
 
 @dataclass(frozen=True)
-class FieldIdentityCheck(ResultMixin):
+class FieldIdentityCheck(LayerRows, ResultMixin):
     """T1 per layer. ``holds``: True when every layer was checked and held, False when any failed, None
     when none failed but some layer could not be checked."""
 
     layers: tuple[LayerFieldIdentity, ...]
     loss: float
-
-    @property
-    def holds(self) -> bool | None:
-        return combine_verdicts(row.holds for row in self.layers)
-
-    def layer(self, name: str) -> LayerFieldIdentity:
-        for row in self.layers:
-            if row.layer == name:
-                return row
-        raise KeyError(f"no checked layer {name!r}; layers: {[row.layer for row in self.layers]}")
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "holds": self.holds}

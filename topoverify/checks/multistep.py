@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from topoverify.checks.step_bounds import combine_verdicts, step_in_place
+from topoverify.checks.step_bounds import step_in_place
+from topoverify.checks.verdicts import CertifiedLayerRows
 from topoverify.checks.step_prediction import StepPrediction, predict_step, require_full_precision
 from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.formatting import NOT_SERIALIZED, ResultMixin, fmt
@@ -64,7 +65,7 @@ class LayerMultiStep(ResultMixin):
 
 
 @dataclass(frozen=True)
-class MultiStepVerification(ResultMixin):
+class MultiStepVerification(CertifiedLayerRows, ResultMixin):
     """T4 per layer over ``steps`` real steps; ``model_after``/``optimizer_after`` are the stepped private
     copies (not compared, not in :meth:`to_dict`)."""
 
@@ -74,20 +75,6 @@ class MultiStepVerification(ResultMixin):
     model_after: nn.Module | None = field(default=None, repr=False, compare=False, metadata=NOT_SERIALIZED)
     optimizer_after: torch.optim.Optimizer | None = field(default=None, repr=False, compare=False,
                                                           metadata=NOT_SERIALIZED)
-
-    @property
-    def holds(self) -> bool | None:
-        return combine_verdicts(lv.holds for lv in self.layers)
-
-    @property
-    def holds_certified(self) -> bool | None:
-        return combine_verdicts(lv.holds_certified for lv in self.layers)
-
-    def layer(self, name: str) -> LayerMultiStep:
-        for lv in self.layers:
-            if lv.layer == name:
-                return lv
-        raise KeyError(f"no verified layer {name!r}; layers: {[lv.layer for lv in self.layers]}")
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "holds": self.holds, "holds_certified": self.holds_certified}

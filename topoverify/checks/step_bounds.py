@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from topoverify.checks.step_prediction import LayerPrediction, StepPrediction, predict_step, require_full_precision
+from topoverify.checks.verdicts import CertifiedLayerRows
 from topoverify.errors import NonFiniteError, UnsupportedError
 from topoverify.formatting import NOT_SERIALIZED, ResultMixin, fmt
 from topoverify.measure.pairs import ratio_stats
@@ -74,16 +75,8 @@ class LayerVerification(ResultMixin):
                 f"{self.merged_before}->{self.merged_after}")
 
 
-def combine_verdicts(values) -> bool | None:
-    """True if every value is True, False if any is False, else None (something was not checked)."""
-    values = list(values)
-    if any(v is False for v in values):
-        return False
-    return True if values and all(v is True for v in values) else None
-
-
 @dataclass(frozen=True)
-class StepVerification(ResultMixin):
+class StepVerification(CertifiedLayerRows, ResultMixin):
     """A prediction and the real step it was held against, per layer.
 
     ``holds``/``holds_certified``: True when every layer's check was made and held, False when any failed,
@@ -101,20 +94,6 @@ class StepVerification(ResultMixin):
     model_after: nn.Module | None = field(default=None, repr=False, compare=False, metadata=NOT_SERIALIZED)
     optimizer_after: torch.optim.Optimizer | None = field(default=None, repr=False, compare=False,
                                                           metadata=NOT_SERIALIZED)
-
-    @property
-    def holds(self) -> bool | None:
-        return combine_verdicts(lv.holds for lv in self.layers)
-
-    @property
-    def holds_certified(self) -> bool | None:
-        return combine_verdicts(lv.holds_certified for lv in self.layers)
-
-    def layer(self, name: str) -> LayerVerification:
-        for lv in self.layers:
-            if lv.layer == name:
-                return lv
-        raise KeyError(f"no verified layer {name!r}; layers: {[lv.layer for lv in self.layers]}")
 
     def to_dict(self) -> dict:
         d = super().to_dict()
@@ -215,5 +194,4 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
                             model_after=after_model, optimizer_after=after_optimizer)
 
 
-__all__ = ["LayerVerification", "StepVerification", "verify_step", "stepped_copies", "step_in_place",
-           "combine_verdicts"]
+__all__ = ["LayerVerification", "StepVerification", "verify_step", "stepped_copies", "step_in_place"]

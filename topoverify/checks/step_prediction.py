@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from topoverify.checks.verdicts import LayerLookup
 from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.formatting import ResultMixin, fmt
 from topoverify.measure.field import block_samples
@@ -44,7 +45,7 @@ from topoverify.measure.merges import count_coincident_pairs
 from topoverify.measure.pairs import max_pair_ratio
 from topoverify.neurons.layouts import NeuronLayer, member_widths, neuron_cloud, resolve_layers
 from topoverify.neurons.preflight import preflight
-from topoverify.symbolic import bounds_numeric, eta_star_numeric
+from topoverify.symbolic import bounds_numeric, eta_star_numeric, sgd_momentum_coefficients_numeric
 from topoverify.tables import prediction_table
 
 PRESERVING = "preserving"
@@ -155,7 +156,7 @@ class LayerPrediction(ResultMixin):
 
 
 @dataclass(frozen=True)
-class StepPrediction(ResultMixin):
+class StepPrediction(LayerLookup, ResultMixin):
     """Per-layer predictions for the next optimizer step, with the coarser Hessian constants beside them.
 
     Typical ordering: K_field ≤ K_layer ≤ λ_max. The second inequality is a theorem (a principal submatrix);
@@ -169,12 +170,6 @@ class StepPrediction(ResultMixin):
     lambda_max: float | None = None
     step: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
-
-    def layer(self, name: str) -> LayerPrediction:
-        for lp in self.layers:
-            if lp.layer == name:
-                return lp
-        raise KeyError(f"no layer {name!r}; layers: {[lp.layer for lp in self.layers]}")
 
     @property
     def phase(self) -> str:
@@ -236,14 +231,12 @@ def sgd_rule(optimizer: torch.optim.Optimizer, model: nn.Module, layer: NeuronLa
             buffers = neuron_cloud(model, layer, {m.name: b for m, b in zip(layer.members, bufs)})
         elif any(b is not None for b in bufs):
             raise UnsupportedError(f"layer {layer.name!r}: only some parameters have a momentum buffer.")
-    if mu == 0:
+    if mu == 0:  # torch ignores dampening without momentum: the step is lr·(g + λθ)
         cg, cb, desc = 1.0, 0.0, "SGD"
-    elif buffers is None:
-        cg, cb, desc = (1.0 + mu if nesterov else 1.0), 0.0, "SGD momentum, first step (buffer = gradient)"
-    elif nesterov:
-        cg, cb, desc = 1.0 + mu * (1 - tau), mu * mu, "SGD Nesterov momentum (conditional on the buffer)"
-    else:
-        cg, cb, desc = 1.0 - tau, mu, "SGD heavy-ball momentum (conditional on the buffer)"
+    else:  # T7(a): (c_g, c_b) from the sympy form of torch's momentum update
+        cg, cb = sgd_momentum_coefficients_numeric(mu, tau, nesterov=nesterov, first_step=buffers is None)
+        desc = ("SGD momentum, first step (buffer = gradient)" if buffers is None else
+                f"SGD {'Nesterov' if nesterov else 'heavy-ball'} momentum (conditional on the buffer)")
     return StepRule(name, lr, cg, cb, wd, desc, bool(ref["maximize"])), buffers
 
 
