@@ -6,7 +6,8 @@ Writes OUT_DIR/breakdown_sweep.png (x-axis: lr; panels: max lr*K along the run, 
 with robust beta1 (a "?" marks a count within the uncertainty margin), neurons merged by collapse (T6), final
 loss with diverged runs marked) with the predicted eta* (initial state) as a vertical line, and
 OUT_DIR/breakdown_sweep.json (SweepResult.to_dict()), and prints T3's check of the sweep
-(topoverify.checks.critical_rate: every run with lr*K_upper < 1 at every step must keep its topology).
+(topoverify.checks.critical_rate: every run with lr*K_upper < 1 at every step must stay within the
+accumulated T4/T5 bounds at the recorded steps).
 Default OUT_DIR: topoverify-out/. Full form: 300 steps at 10 rates (a few minutes on 2 cores); --quick: 150
 steps at 6 rates.
 """

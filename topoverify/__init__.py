@@ -6,6 +6,7 @@ Public API (see README.md); each claim of ``spec/claims.toml`` has one checker (
   momentum form), predicted from the pre-step state and held against a real optimizer step;
   ``verify_steps`` — the multistep product bound (T4) over a run; ``check_field_identity`` — one update field
   for all neurons (T1).
+* ``register_rule`` / ``OptimizerRule`` — how ``predict_step`` reads an optimizer family (SGD built in).
 * ``detect_layers`` / ``explicit_layer`` / ``neuron_cloud`` / ``permute`` / ``preflight`` — neuron layouts,
   permutations, and the check that a permutation is a symmetry of the loss.
 * ``equivariance_error`` / ``assert_equivariant`` — a Hypothesis-driven permutation-equivariance check of any
@@ -16,7 +17,8 @@ Public API (see README.md); each claim of ``spec/claims.toml`` has one checker (
 * ``topoverify.symbolic`` — the sympy forms of the claims (the only source of numeric bounds);
   ``topoverify.experiments`` — embedded scenarios, synthetic clouds, optimizer factories.
 
-Layout: ``symbolic/`` (theory), ``neurons/`` (layouts, activations, permutations), ``measure/`` (field,
+Layout: ``symbolic/`` (theory), ``rules/`` (one module per optimizer family, behind ``register_rule``),
+``neurons/`` (layouts, activations, permutations), ``measure/`` (field,
 Hessian, pairs, persistence, merges), ``checks/`` (one checker per claim), ``experiments/``, ``cli/``,
 ``strategies/`` (Hypothesis strategies for tests).
 """
@@ -36,6 +38,7 @@ from topoverify.experiments.sweep_result import SweepResult
 from topoverify.neurons.layouts import NeuronLayer, ParamAxis, detect_layers, explicit_layer, neuron_cloud
 from topoverify.neurons.permute import inverse_permutation, permute
 from topoverify.neurons.preflight import preflight
+from topoverify.rules import OptimizerRule, register_rule, registered, unregister_rule
 
 __version__ = "0.1.0"
 
@@ -47,6 +50,8 @@ __all__ = [
     "CriticalRateCheck", "Counterexample", "Coverage", "EquivarianceReport", "FieldIdentityCheck", "Interrupted",
     "LayerPrediction", "LayerVerification", "MultiStepVerification", "StepPrediction", "StepVerification",
     "SweepResult", "SymmetryReport",
+    # optimizer rules (predict_step reads an optimizer through its registered rule)
+    "OptimizerRule", "register_rule", "registered", "unregister_rule",
     # neurons
     "NeuronLayer", "ParamAxis", "detect_layers", "explicit_layer", "inverse_permutation", "neuron_cloud",
     "permute", "preflight",

@@ -17,10 +17,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
 from topoverify import assert_equivariant, check_identical_neurons, equivariance_error  # the public API
+from topoverify.checks.merges import ROUNDOFF
 from topoverify.cli.loading import load_callable
 
 
@@ -49,9 +51,19 @@ class _Checker:
     def symmetry(self, make_optimizer, **options):
         __tracebackhide__ = True
         rep = check_identical_neurons(make_optimizer, **options)
-        if not rep.ok:
-            raise AssertionError(str(rep))
+        _judge_symmetry(rep, AssertionError)
         return rep
+
+
+def _judge_symmetry(rep, error: type[Exception]) -> None:
+    """T6 in a test suite: bitwise-equal twins pass; twins apart by round-off only pass with a warning (a
+    kernel that rounds equal rows differently breaks T6's E3 on this machine, not the rule); anything else
+    fails."""
+    __tracebackhide__ = True
+    if rep.verdict == ROUNDOFF:
+        warnings.warn(f"T6 held only up to round-off: {rep}", stacklevel=3)
+    elif not rep.ok:
+        raise error(str(rep))
 
 
 @pytest.fixture
@@ -79,8 +91,11 @@ class TopoverifyItem(pytest.Item):
         else:
             rep = check_identical_neurons(make_optimizer, optimizer_kwargs=self.kwargs, timeout=self.timeout)
         self.user_properties.append(("topoverify_report", rep.to_dict()))
-        if not rep.ok:
-            raise TopoverifyCheckError(str(rep))
+        if self.check == "equivariance":
+            if not rep.ok:
+                raise TopoverifyCheckError(str(rep))
+        else:
+            _judge_symmetry(rep, TopoverifyCheckError)
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, TopoverifyCheckError):

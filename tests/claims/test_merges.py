@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from topoverify import topology as T
+from topoverify.checks.merges import check_identical_neurons
 from topoverify.experiments.snapshots import optimizer_state_cloud
 from topoverify.measure.merges import count_coincident_pairs, count_distinct, merge_clusters, merged_pairs
 from topoverify.neurons.layouts import detect_layers, neuron_cloud
@@ -163,3 +164,58 @@ def test_T6_one_merge_counter_for_predictions_and_topology(cloud, dtype):
     assert count_distinct(x) == len(cloud) - sum(len(g) - 1 for g in merge_clusters(x))
     signed = np.concatenate([cloud[:1] * 0.0, -(cloud[:1] * 0.0)])  # 0.0 and -0.0: equal numbers
     assert count_coincident_pairs(torch.tensor(signed)) == 1
+
+
+# ------------------------------------------------------------------ the checker, check_identical_neurons (T6)
+
+
+class TinyNoiseSGD(torch.optim.SGD):
+    """SGD + per-coordinate noise of size ``noise`` (violates E2): the twins' updates differ by ξ_i - ξ_j."""
+
+    def __init__(self, params, lr=0.05, noise=1e-12):
+        super().__init__(params, lr=lr)
+        self.noise, self.gen = noise, torch.Generator().manual_seed(0)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(torch.randn(p.shape, generator=self.gen, dtype=p.dtype) * self.noise)
+        return loss
+
+
+class LastParamSGD(torch.optim.SGD):
+    """SGD on the last parameter only (the output bias): the twin neurons never move."""
+
+    def __init__(self, params, lr=0.05):
+        super().__init__(list(params)[-1:], lr=lr)
+
+
+def test_T6_checker_holds_only_for_bitwise_equal_twins():
+    rep = check_identical_neurons(torch.optim.SGD, optimizer_kwargs={"lr": 0.05, "momentum": 0.9})
+    assert rep.verdict == "holds" and rep.ok and rep.gap == 0 and rep.step is None
+    assert "param 0.weight" in rep.compared and "state 0.weight/momentum_buffer" in rep.compared
+
+
+def test_T6_checker_reports_a_gap_below_the_tolerance_as_a_finding():
+    """Noise of 1e-12 per coordinate (an E2 violation) stays below rtol 1e-10 for 20 steps: not "holds"."""
+    rep = check_identical_neurons(lambda p: TinyNoiseSGD(p, noise=1e-12))
+    assert rep.verdict == "holds up to round-off" and not rep.ok, str(rep)
+    assert rep.step == 1 and 0 < rep.gap <= rep.allowed and rep.key and "1 on" in rep.message
+    broken = check_identical_neurons(lambda p: TinyNoiseSGD(p, noise=1e-8))
+    assert broken.verdict == "broken" and not broken.ok and broken.gap > broken.allowed and broken.step == 1
+
+
+def test_T6_checker_names_state_it_could_not_compare():
+    """Adafactor's factored row/column statistics are not shaped like the weight: listed as skipped."""
+    rep = check_identical_neurons(torch.optim.Adafactor, optimizer_kwargs={"lr": 1e-2})
+    assert any("0.weight/row_var" in k for k in rep.skipped) and any("0.weight/col_var" in k for k in rep.skipped)
+    assert "not compared" in rep.message and "row_var" in rep.message
+    assert not any("row_var" in k for k in rep.compared) and "param 0.weight" in rep.compared
+
+
+def test_T6_checker_is_inconclusive_when_the_twins_never_move():
+    """Other parameters move, the twins do not: nothing about T6 was seen."""
+    rep = check_identical_neurons(LastParamSGD)
+    assert rep.verdict == "inconclusive" and not rep.ok, str(rep)

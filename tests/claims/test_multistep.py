@@ -6,6 +6,7 @@ tests/claims/test_step_bounds.py::test_T4_multistep_product_bound_holds.)
 """
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -100,3 +101,55 @@ def test_T4_a_step_without_a_prediction_is_not_a_pass():
     assert lv.holds is None and "step 1" in lv.reason and "no rule" in lv.reason
     with pytest.raises(UnsupportedError, match="nothing to verify"):
         verify_steps(model, torch.optim.Adam(model.parameters()), mse_loss, batch, steps=2)
+
+
+def _edit_step(step_to_edit, edit):
+    """predict_step, with ``edit(layers)`` applied to the layer predictions of step ``step_to_edit`` only."""
+    def predict(m, optimizer, loss_fn, b, *, step, **options):
+        pred = predict_step(m, optimizer, loss_fn, b, step=step, **options)
+        return pred if step != step_to_edit else dataclasses.replace(pred, layers=edit(pred.layers))
+    return predict
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda layers: (), "step 1: the predictor left this layer out"),
+    (lambda layers: layers + layers, "4 predictions for 3 steps"),
+])
+def test_T4_a_product_without_one_factor_per_step_is_not_a_pass(edit, reason):
+    """A predictor that leaves a layer out at some step (or predicts it twice) does not give T4's product
+    over the steps taken: the layer is not checked (holds None), never judged with a shorter product."""
+    model, batch = _small_net(seed=3, n=5)
+    ver = verify_steps(model, torch.optim.SGD(model.parameters(), lr=0.05), mse_loss, batch, steps=3,
+                       predictor=_edit_step(1, edit), power_iters=10)
+    lv = ver.layers[0]
+    assert lv.holds is None and lv.holds_certified is None and ver.holds is None, str(ver)
+    assert reason in lv.reason and "NOT CHECKED" in str(ver) and "VERIFIED (" not in str(ver)
+
+
+def test_T4_a_layer_the_predictor_invents_is_a_clear_error():
+    model, batch = _small_net(seed=3, n=5)
+    rename = _edit_step(1, lambda layers: tuple(dataclasses.replace(lp, layer="nope") for lp in layers))
+    with pytest.raises(TopoverifyError, match="'nope'.*not among the verified layers"):
+        verify_steps(model, torch.optim.SGD(model.parameters(), lr=0.05), mse_loss, batch, steps=3,
+                     predictor=rename, power_iters=10)
+
+
+def test_T4_text_never_presents_an_estimate_only_pass_as_verified():
+    """``holds`` is the check with the estimate K, ``holds_certified`` with the certified K_upper (as in
+    verify_step); without a finite certificate a pass is reported as estimate-only, not as verified."""
+    model, batch = _small_net(seed=4, n=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    certified = verify_steps(model, opt, mse_loss, batch, steps=2, power_iters=10)
+    assert certified.holds is True and certified.holds_certified is True, str(certified)
+    assert "VERIFIED (certified K_upper)" in str(certified) and "HOLDS (verified)" in str(certified)
+
+    def uncertified(m, optimizer, loss_fn, b, **options):
+        pred = predict_step(m, optimizer, loss_fn, b, **options)
+        return dataclasses.replace(pred, layers=tuple(dataclasses.replace(lp, K_eff_upper=math.inf)
+                                                      for lp in pred.layers))
+
+    estimate = verify_steps(model, opt, mse_loss, batch, steps=2, predictor=uncertified, power_iters=10)
+    assert estimate.holds is True and estimate.holds_certified is None, str(estimate)
+    text = str(estimate)
+    assert "NOT VERIFIED: holds with the estimate K only" in text and "VERIFIED (" not in text
+    assert "holds (estimate only)" in text and "HOLDS" not in text

@@ -428,34 +428,50 @@ def _vec(data, dim, scale):
     return np.array([data.draw(st.floats(-scale, scale, allow_nan=False)) for _ in range(dim)])
 
 
+def _with_norm(v, length):
+    """v rescaled to the given norm (0 stays 0); divides by the largest entry first, so that a tiny v (whose
+    squared entries underflow) is not blown up."""
+    m = float(np.abs(v).max())
+    if m == 0:
+        return v * 0.0
+    u = v / m
+    return u * (length / float(np.linalg.norm(u)))
+
+
 def test_T7_momentum_K_eff_by_the_triangle_inequality():
-    """||c_g dg + c_b db|| <= c_g ||dg|| + c_b ||db|| <= (c_g K + c_b rho_b) d needs c_g, c_b >= 0, which holds
-    for mu >= 0 and 0 <= tau <= 1 in all four cases; K_eff then plays K's role in T2's factors."""
+    """||c_g dg + c_b db|| <= |c_g| ||dg|| + |c_b| ||db|| <= (|c_g| K + |c_b| rho_b) d for either sign of the
+    coefficients (torch accepts dampening tau > 1, where c_g = 1 - tau < 0); for mu >= 0, 0 <= tau <= 1 both
+    are >= 0 in all four cases and K_eff = c_g K + c_b rho_b. K_eff then plays K's role in T2's factors."""
     d = sp.Symbol("d", positive=True)
     sigma = sp.Symbol("sigma", nonnegative=True)  # sigma = 1 - tau >= 0
     for nesterov in (False, True):
         for first in (False, True):
             c_g, c_b = S.sgd_momentum_coefficients(nesterov=nesterov, first_step=first)
-            for c in (c_g, c_b):  # a polynomial in mu >= 0, 1 - tau >= 0 with coefficients >= 0 is >= 0
+            k_eff = S.momentum_K_eff(c_g, c_b)
+            assert sp.expand(k_eff * d - (sp.Abs(c_g) * K * d + sp.Abs(c_b) * S.RHO_B * d)) == 0
+            lo, hi = S.one_step_bounds(eta, k_eff)
+            assert sp.expand(hi - (1 + eta * (sp.Abs(c_g) * K + sp.Abs(c_b) * S.RHO_B))) == 0
+            assert sp.expand(lo + hi) == 2
+            for c in (c_g, c_b):  # tau <= 1: a polynomial in mu, 1 - tau >= 0 with coefficients >= 0 is >= 0
                 poly = sp.Poly(sp.expand(c.subs(S.TAU, 1 - sigma)), S.MU, sigma)
                 assert all(coef >= 0 for coef in poly.coeffs()), c
-            k_eff = S.momentum_K_eff(c_g, c_b)
-            assert sp.expand(k_eff * d - (c_g * K * d + c_b * S.RHO_B * d)) == 0
-            lo, hi = S.one_step_bounds(eta, k_eff)
-            assert sp.expand(hi - (1 + eta * (c_g * K + c_b * S.RHO_B))) == 0 and sp.expand(lo + hi) == 2
+            assert sp.expand(k_eff.subs(S.TAU, 1 - sigma) - (c_g * K + c_b * S.RHO_B).subs(S.TAU, 1 - sigma)) == 0
+    c_g, c_b = S.sgd_momentum_coefficients()  # heavy ball, tau = 2: c_g = -1, and K_eff takes its size
+    assert S.momentum_K_eff(c_g, c_b).subs(S.TAU, 2) == K + S.MU * S.RHO_B
 
 
-@given(data=st.data(), mu=st.floats(0.0, 0.99), tau=st.floats(0.0, 1.0), nesterov=st.booleans(),
+@given(data=st.data(), mu=st.floats(0.0, 0.99), tau=st.floats(0.0, 3.0), nesterov=st.booleans(),
        lr=st.floats(1e-3, 2.0), K_=st.floats(0.0, 5.0), rho=st.floats(0.0, 5.0))
 def test_T7_momentum_step_stays_in_the_K_eff_band(data, mu, tau, nesterov, lr, K_, rho):
-    """Any gradient and buffer differences within K d and rho_b d give a ratio inside 1 -/+ lr K_eff."""
+    """Any gradient and buffer differences within K d and rho_b d give a ratio inside 1 -/+ lr K_eff, for any
+    dampening tau >= 0 (c_g < 0 when tau > 1)."""
     dtheta = _vec(data, 3, 1.0)
     dist = float(np.linalg.norm(dtheta))
     if dist < 1e-6:
         return
     dg, db = _vec(data, 3, 1.0), _vec(data, 3, 1.0)
-    dg *= K_ * dist / max(np.linalg.norm(dg), 1e-300) * data.draw(st.floats(0.0, 1.0))
-    db *= rho * dist / max(np.linalg.norm(db), 1e-300) * data.draw(st.floats(0.0, 1.0))
+    dg = _with_norm(dg, K_ * dist * data.draw(st.floats(0.0, 1.0)))
+    db = _with_norm(db, rho * dist * data.draw(st.floats(0.0, 1.0)))
     c_g, c_b = S.sgd_momentum_coefficients_numeric(mu, tau, nesterov=nesterov)
     k_eff = float(S.momentum_K_eff(c_g, c_b).subs({S.K: K_, S.RHO_B: rho}))
     ratio = float(np.linalg.norm(dtheta - lr * (c_g * dg + c_b * db))) / dist

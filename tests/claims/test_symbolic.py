@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import topoverify.symbolic as S
 from topoverify.cli.main import main
 from topoverify.errors import TopoverifyError
+from topoverify.symbolic import momentum_K_eff_numeric
 
 pos_K = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
 pos_lr = st.floats(min_value=1e-6, max_value=10.0, allow_nan=False, allow_infinity=False)
@@ -298,6 +299,30 @@ def test_T7_additive_delta_numeric_agrees_with_sympy(lr, u_sup):
     assert S.additive_delta_numeric(lr, u_sup) == pytest.approx(exact, rel=1e-12, abs=1e-300)
 
 
+def test_T7_dampening_above_one_gives_negative_c_g_and_K_eff_takes_its_size():
+    """torch accepts dampening tau > 1: c_g = 1 - tau < 0, and K_eff = |c_g| K + |c_b| rho_b stays >= 0."""
+    assert S.sgd_momentum_coefficients_numeric(0.9, 2.0) == pytest.approx((-1.0, 0.9))
+    c_g, c_b = S.sgd_momentum_coefficients()
+    assert S.momentum_K_eff(c_g, c_b).subs({S.TAU: 3, S.MU: sp.Rational(1, 2)}) == 2 * S.K + S.RHO_B / 2
+    assert momentum_K_eff_numeric(-1.0, 0.9, 2.0, 1.0) == pytest.approx(2.9)
+
+
+def test_T7_K_eff_numeric_drops_a_term_whose_coefficient_is_zero():
+    """A zero coefficient means the term is absent: 0 * inf is 0 there, never NaN."""
+    assert momentum_K_eff_numeric(0.0, 0.9, math.inf, 2.0) == pytest.approx(1.8)
+    assert momentum_K_eff_numeric(1.5, 0.0, 2.0, math.inf) == pytest.approx(3.0)
+    assert momentum_K_eff_numeric(0.5, 0.9, math.inf, 1.0) == math.inf
+    assert momentum_K_eff_numeric(0.0, 0.0, math.inf, math.inf) == 0.0
+    with pytest.raises(TopoverifyError, match="K"):
+        momentum_K_eff_numeric(1.0, 0.0, float("nan"), 0.0)
+
+
+@pytest.mark.parametrize("args", [(True, 0.0), (0.9, False), (0.9, None), ("0.9", 0.0), (0.9, float("inf"))])
+def test_T7_momentum_coefficients_reject_bools_and_non_numbers(args):
+    with pytest.raises(TopoverifyError, match="momentum|dampening"):
+        S.sgd_momentum_coefficients_numeric(*args)
+
+
 def test_T7_additive_delta_bad_input_names_the_fix():
     with pytest.raises(TopoverifyError, match="lr"):
         S.additive_delta_numeric(0.0, 1.0)
@@ -327,9 +352,30 @@ def test_T8_gd_on_a_quadratic_is_stable_iff_eta_lambda_below_2():
 def test_T8_edge_of_stability_numeric_agrees_with_sympy(lam):
     exact = float(S.EDGE_OF_STABILITY.subs(S.LAM, sp.Float(lam, 30)))
     assert S.edge_of_stability_numeric(lam) == pytest.approx(exact, rel=1e-12)
-    assert S.edge_of_stability_numeric(0.0) == math.inf and S.edge_of_stability_numeric(-lam) == math.inf
+    assert S.edge_of_stability_numeric(0.0) == math.inf  # no curvature: no rate blows it up
+    with pytest.raises(TopoverifyError, match="diverges"):  # lambda < 0: GD diverges at every rate
+        S.edge_of_stability_numeric(-lam)
     with pytest.raises(TopoverifyError, match="NaN"):
         S.edge_of_stability_numeric(float("nan"))
+
+
+@pytest.mark.parametrize("bad", [None, "two", True, [2.0]])
+def test_T8_edge_of_stability_numeric_rejects_non_numbers(bad):
+    with pytest.raises(TopoverifyError, match="lambda"):
+        S.edge_of_stability_numeric(bad)
+
+
+@pytest.mark.parametrize("eta", [sp.Symbol("eta", real=True), sp.Symbol("eta"), sp.Symbol("h", positive=True)])
+def test_T8_stability_set_is_solved_over_all_reals(eta):
+    """The lower end 0 is found, not assumed: eta's own assumptions (real, none, positive) do not change the
+    solved set, and reduce_inequalities agrees on both ends."""
+    assert S.solve_gd_quadratic_stability(eta=eta) == sp.Interval.open(0, 2 / S.LAM)
+
+
+def test_T8_stability_set_needs_a_positive_curvature():
+    assert S.solve_gd_quadratic_stability(lam=4) == sp.Interval.open(0, sp.Rational(1, 2))
+    with pytest.raises(TopoverifyError, match="positive"):
+        S.solve_gd_quadratic_stability(lam=sp.Symbol("l", negative=True))
 
 
 # --------------------------------------------------------------------------------------------- summary / CLI

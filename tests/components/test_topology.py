@@ -16,10 +16,12 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from scipy.spatial.distance import pdist, squareform
 
 from topoverify import topology as T
 from topoverify.errors import TopoverifyError
 from topoverify.experiments import clouds as C
+from topoverify.measure import persistence as P
 from topoverify.measure.diagram_distance import bottleneck_finite
 from topoverify.strategies import clouds as S
 from topoverify.symbolic import epsilon_numeric
@@ -697,3 +699,17 @@ def test_count_distinct_on_theta_and_state():
     assert T.count_distinct(x, rtol=1e-6, state=np.array([[0.0], [1e-9], [1.0]])) == 2
     with pytest.raises(TopoverifyError, match="one row per neuron"):
         T.count_distinct(x, state=np.zeros((2, 1)))
+
+
+def test_gram_distances_match_pdist_for_close_points_far_from_the_centre(monkeypatch):
+    """The Gram trick (above DENSE_PDIST_LIMIT, lowered here) on two tight clusters at ±100: centring cannot
+    remove the offset of either cluster, the refinement from differences must; relative error far below
+    ripser's float32 rounding."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([100.0 + 1e-4 * rng.standard_normal((30, 20)), -100.0 + 1e-4 * rng.standard_normal((30, 20))])
+    exact = squareform(pdist(x))
+    monkeypatch.setattr(P, "DENSE_PDIST_LIMIT", 0)
+    dm = P.pairwise_distances(x)
+    off = ~np.eye(len(x), dtype=bool)
+    assert np.all(np.diag(dm) == 0) and np.array_equal(dm, dm.T)
+    assert np.max(np.abs(dm[off] - exact[off]) / exact[off]) < 1e-9

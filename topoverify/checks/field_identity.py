@@ -5,10 +5,14 @@ For each layer, the field g(z) = ∇Φ(z) of :func:`topoverify.measure.field.blo
 layer input and the back-propagated signal δ, frozen at the current state) is evaluated at every neuron and
 compared with autograd's per-neuron gradient ∂L/∂θ_i:
 
-    residual = max_i ‖g(θ_i) − ∂L/∂θ_i‖ / max(max_i ‖∂L/∂θ_i‖, max_i ‖g(θ_i)‖),
+    residual = max_i ‖g(θ_i) − ∂L/∂θ_i‖ / max(max_i ‖|g|(θ_i)‖, max_i ‖∂L/∂θ_i‖),
 
-which T1(b) says is 0 up to round-off (an exact identity, not an approximation). The tolerance is relative
-and follows the dtype (like e3nn's ``assert_equivariant``): 1e-9 for float64, 1e-4 for float32. Layers
+which T1(b) says is 0 up to round-off (an exact identity, not an approximation). The scale |g|(z) is the
+field with every per-sample term replaced by its absolute value (:func:`field_magnitude`): round-off in a sum
+grows with the terms summed, not with the sum, so near a stationary point (where the terms cancel and ∂L/∂θ_i
+is tiny) round-off is not mistaken for a violation, while a missing term (a non-additive entry) still is.
+The tolerance is relative and follows the dtype (like e3nn's ``assert_equivariant``): 1e-9 for float64,
+1e-4 for float32; half-precision models are refused (:func:`require_full_precision`). Layers
 with a kink (ReLU) are fine: the identity holds wherever the pre-activations avoid the kink, and at the kink
 both sides use torch's one-sided derivative. A model whose neurons do not enter the next layer additively
 (claim T1's assumption A2) either fails layout detection (a clear :class:`LayoutError`) or fails here.
@@ -23,10 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from topoverify.checks.step_prediction import require_full_precision
 from topoverify.checks.verdicts import LayerRows
 from topoverify.errors import UnsupportedError
 from topoverify.formatting import ResultMixin, fmt
-from topoverify.measure.field import block_samples
+from topoverify.measure.chunks import row_chunks
+from topoverify.measure.field import BlockSamples, block_samples
 from topoverify.neurons.copying import clone
 from topoverify.neurons.layouts import NeuronLayer, neuron_cloud, resolve_layers
 from topoverify.neurons.lossfn import check_loss
@@ -49,6 +55,7 @@ class LayerFieldIdentity(ResultMixin):
     holds: bool | None
     worst_neuron: int | None = None
     gradient_scale: float = 0.0  # max_i ‖∂L/∂θ_i‖
+    term_scale: float = 0.0  # max_i ‖|g|(θ_i)‖, the residual's denominator (with gradient_scale)
     reason: str = ""
 
     def __str__(self) -> str:
@@ -76,6 +83,20 @@ class FieldIdentityCheck(LayerRows, ResultMixin):
                           *(f"  {row}" for row in self.layers)])
 
 
+def field_magnitude(samples: BlockSamples, Z: torch.Tensor) -> torch.Tensor:
+    """|g|(z) for each row z of ``Z`` (P×d): the field g = ∇Φ of T1 with each per-sample term replaced by its
+    absolute value, [Σ_r |D_r·a| |σ'(H_r·w̃)| |H_r|, Σ_r |σ(H_r·w̃)| |D_r|] ≥ |g(z)| entrywise — the size of
+    the terms whose sum is g(z), on which the round-off of that sum scales."""
+    H, D = samples.H.abs(), samples.D.abs()
+    outs = []
+    for s, e in row_chunks(Z.shape[0], samples.H.shape[0]):
+        W, A = Z[s:e, : samples.d_w], Z[s:e, samples.d_w:]
+        s0, s1, _ = samples.activation.derivatives(samples.H @ W.T)
+        c = (samples.D @ A.T).abs()
+        outs.append(torch.cat([(c * s1.abs()).T @ H, s0.abs().T @ D], dim=1))
+    return torch.cat(outs) if outs else Z.new_zeros(0, samples.dim)
+
+
 @torch.enable_grad()
 def autograd_neuron_gradients(model: nn.Module, layer: NeuronLayer, loss_fn: Callable, batch) -> torch.Tensor:
     """∂L/∂θ_i for every neuron of ``layer`` (N×d, the layout of :func:`neuron_cloud`), by autograd on
@@ -94,10 +115,12 @@ def check_field_identity(model: nn.Module, loss_fn: Callable, batch, *,
     """Hold T1(b), ∂L/∂θ_i = g(θ_i) with one field g per layer, against autograd on private copies.
 
     ``loss_fn(model, batch)`` returns a scalar tensor; ``layers`` defaults to automatic detection. Raises
-    :class:`UnsupportedError` when no layer's field can be built (the reasons are listed); a layer that
+    :class:`UnsupportedError` for half-precision models and when no layer's field can be built (the reasons
+    are listed); a layer that
     cannot be built among others gets ``holds=None`` and its reason. ``loss_fn`` runs only on private
     copies; the model is not modified.
     """
+    require_full_precision(model)
     layers = resolve_layers(model, layers)
     rows, loss = [], math.nan
     for layer in layers:
@@ -113,12 +136,14 @@ def check_field_identity(model: nn.Module, loss_fn: Callable, batch, *,
         field = samples.gradient(cloud).to(torch.float64)
         auto = autograd_neuron_gradients(private, layer, loss_fn, batch).to(torch.float64)
         errors = (field - auto).norm(dim=1)
-        scale = max(float(auto.norm(dim=1).max()), float(field.norm(dim=1).max())) if errors.numel() else 0.0
+        terms = float(field_magnitude(samples, cloud).to(torch.float64).norm(dim=1).max()) if errors.numel() else 0.0
+        grads = float(auto.norm(dim=1).max()) if errors.numel() else 0.0
+        scale = max(terms, grads)
         residual = float(errors.max()) / scale if scale > 0 else 0.0
         tol = RELATIVE_TOLERANCE.get(cloud.dtype, RELATIVE_TOLERANCE[torch.float32])
         rows.append(LayerFieldIdentity(**base, residual=residual, tolerance=tol, holds=residual <= tol,
                                        worst_neuron=int(errors.argmax()) if errors.numel() else None,
-                                       gradient_scale=float(auto.norm(dim=1).max()) if errors.numel() else 0.0))
+                                       gradient_scale=grads, term_scale=terms))
     if all(row.holds is None for row in rows):
         reasons = "; ".join(f"{row.layer}: {row.reason}" for row in rows)
         raise UnsupportedError(f"nothing to check: no layer's update field could be built ({reasons}).")
@@ -126,4 +151,4 @@ def check_field_identity(model: nn.Module, loss_fn: Callable, batch, *,
 
 
 __all__ = ["FieldIdentityCheck", "LayerFieldIdentity", "RELATIVE_TOLERANCE", "autograd_neuron_gradients",
-           "check_field_identity"]
+           "check_field_identity", "field_magnitude"]

@@ -5,7 +5,9 @@ Before every step t the constant K_t is predicted from that step's own pre-step 
 (:func:`topoverify.predict_step`, never from the step), then the real step is taken; after T steps every
 pair's ratio ‖θ_i^T − θ_j^T‖/‖θ_i^0 − θ_j^0‖ is held against
 :func:`topoverify.symbolic.multistep_bounds_numeric` (∏(1 − lr_t K_t), clipped at 0 from the first factor
-≤ 0, and ∏(1 + lr_t K_t)) — with the estimated K_eff and with the certified K_eff_upper.
+≤ 0, and ∏(1 + lr_t K_t)) — with the estimated K_eff (``holds``) and with the certified K_eff_upper
+(``holds_certified``), the convention of :func:`topoverify.checks.step_bounds.verify_step`. Only
+``holds_certified`` is T4 verified; ``holds`` alone is a check of the estimate.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from topoverify.symbolic import multistep_bounds_numeric
 class LayerMultiStep(ResultMixin):
     """T4 on one layer: the per-step constants, the product bounds and the observed ratio extremes.
 
-    ``holds`` (estimated K_eff) and ``holds_certified`` (K_eff_upper) are tri-state: None means no check was
-    made — a step had no prediction for this layer, no pair of distinct neurons was compared, or (certified
-    only) some K_eff_upper was infinite; ``reason`` says which."""
+    ``holds`` is the check with the estimated K_eff (not a verification: K_eff is a lower estimate of the
+    field's Lipschitz constant) and ``holds_certified`` the check with the certified K_eff_upper — only the
+    latter verifies T4 (as in :func:`topoverify.checks.step_bounds.verify_step`). Both are tri-state: None
+    means no check was made — some step had no prediction for this layer (the product must have one factor
+    per step), no pair of distinct neurons was compared, or (certified only) some K_eff_upper was infinite;
+    ``reason`` says which."""
 
     layer: str
     lrs: tuple[float, ...]
@@ -57,11 +62,13 @@ class LayerMultiStep(ResultMixin):
     reason: str = ""
 
     def __str__(self) -> str:
-        verdict = {True: "HOLDS", False: "VIOLATED", None: f"NOT CHECKED ({self.reason})"}[self.holds]
-        cert = {True: "holds", False: "VIOLATED", None: "not checked"}[self.holds_certified]
-        return (f"layer {self.layer}: {len(self.lrs)} steps, observed ratios [{fmt(self.min_ratio, 6)}, "
-                f"{fmt(self.max_ratio, 6)}] vs product bounds [{fmt(self.lower, 6)}, {fmt(self.upper, 6)}] -> "
-                f"{verdict}; certified [{fmt(self.lower_certified, 6)}, {fmt(self.upper_certified, 6)}]: {cert}")
+        why = f" ({self.reason})" if self.reason else ""
+        est = {True: "holds (estimate only)", False: "VIOLATED", None: f"not checked{why}"}[self.holds]
+        cert = {True: "HOLDS (verified)", False: "VIOLATED", None: f"NOT CHECKED{why}"}[self.holds_certified]
+        return (f"layer {self.layer}: {len(self.lrs)} predicted steps, observed ratios [{fmt(self.min_ratio, 6)}, "
+                f"{fmt(self.max_ratio, 6)}]; certified K_upper bounds [{fmt(self.lower_certified, 6)}, "
+                f"{fmt(self.upper_certified, 6)}] -> {cert}; estimate K bounds [{fmt(self.lower, 6)}, "
+                f"{fmt(self.upper, 6)}] -> {est}")
 
 
 @dataclass(frozen=True)
@@ -79,9 +86,20 @@ class MultiStepVerification(CertifiedLayerRows, ResultMixin):
     def to_dict(self) -> dict:
         return {**super().to_dict(), "holds": self.holds, "holds_certified": self.holds_certified}
 
+    @property
+    def verdict(self) -> str:
+        """One line: VERIFIED only on the certified check; an estimate-only pass says it is not verified."""
+        if self.holds_certified is True:
+            return "VERIFIED (certified K_upper)"
+        if self.holds_certified is False or self.holds is False:
+            return "VIOLATED (" + ("certified K_upper" if self.holds_certified is False else "estimate K") + ")"
+        if self.holds is True:
+            return "NOT VERIFIED: holds with the estimate K only; the certified check was not made"
+        return "NOT CHECKED"
+
     def __str__(self) -> str:
         return "\n".join([f"T4 multistep bound over {self.steps} steps (loss {fmt(self.losses[0])} -> "
-                          f"{fmt(self.losses[-1])})", *(f"  {lv}" for lv in self.layers)])
+                          f"{fmt(self.losses[-1])}): {self.verdict}", *(f"  {lv}" for lv in self.layers)])
 
 
 def _batch_at(batches, t: int, steps: int):
@@ -134,6 +152,14 @@ def verify_steps(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
         if t == 0 and not any(lp.available for lp in pred.layers):
             reasons = "; ".join(f"{lp.layer}: {lp.reason}" for lp in pred.layers)
             raise UnsupportedError(f"nothing to verify: no layer has a prediction ({reasons}).")
+        unknown = sorted({lp.layer for lp in pred.layers} - per_layer.keys())
+        if unknown:
+            raise TopoverifyError(f"the predictor returned layer(s) {unknown} at step {t}, which are not among the "
+                                  f"verified layers {list(per_layer)}; a predictor must return its predictions "
+                                  f"under the names of the layers it is given (``layers=``).")
+        for name in per_layer.keys() - {lp.layer for lp in pred.layers}:
+            rec = per_layer[name]
+            rec["missing"] = rec["missing"] or f"no prediction at step {t}: the predictor left this layer out"
         for lp in pred.layers:
             rec = per_layer[lp.layer]
             if not lp.available:
@@ -149,13 +175,15 @@ def verify_steps(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
                                      f"training diverged.")
     with torch.no_grad():
         losses.append(float(loss_fn(m, _batch_at(batches, steps - 1, steps))))
-    results = tuple(_layer_result(layer.name, start[layer.name], neuron_cloud(m, layer), per_layer[layer.name])
-                    for layer in layers)
+    results = tuple(_layer_result(layer.name, start[layer.name], neuron_cloud(m, layer), per_layer[layer.name],
+                                  steps) for layer in layers)
     return MultiStepVerification(steps, results, tuple(losses), model_after=m, optimizer_after=opt)
 
 
-def _layer_result(name: str, before: torch.Tensor, after: torch.Tensor, rec: dict) -> LayerMultiStep:
+def _layer_result(name: str, before: torch.Tensor, after: torch.Tensor, rec: dict, steps: int) -> LayerMultiStep:
     lrs, Ks, Ks_up = tuple(rec["lrs"]), tuple(rec["Ks"]), tuple(rec["Ks_upper"])
+    if not rec["missing"] and len(Ks) != steps:  # e.g. one layer predicted twice at a step
+        rec["missing"] = f"{len(Ks)} predictions for {steps} steps; the product needs exactly one per step"
     complete = not rec["missing"]
     if complete:
         lo, up = multistep_bounds_numeric(list(Ks), list(lrs))

@@ -28,14 +28,23 @@ from topoverify.measure.persistence import PersistenceResult, as_cloud, as_diagr
 from topoverify.symbolic import bounds_numeric, epsilon_numeric, interleaving_epsilon_numeric
 
 __all__ = ["stability_epsilon", "surviving_features", "betti_bounds_after", "check_persistence_stability",
-           "PersistenceStabilityCheck", "LOG_TOLERANCE", "HOLDS", "VIOLATED", "VACUOUS"]
+           "PersistenceStabilityCheck", "LOG_TOLERANCE", "RESOLVED_FACTOR", "HOLDS", "VIOLATED", "VACUOUS",
+           "INCONCLUSIVE"]
 
-#: Float tolerance of the check on a log scale. Ripser computes in float32: each diagram value carries a
-#: relative rounding of about 6e-8, so a log-scale distance carries about 2.4e-7; 1e-5 leaves room for that
-#: and is far below any ε a step is checked against (ε >= lr K for lr K > 0).
-LOG_TOLERANCE = 1e-5
+#: Float tolerance of the check on a log scale, from the rounding of ripser's diagrams. Ripser stores the
+#: distance matrix in float32 and every diagram value is one of its entries, so each value carries a relative
+#: rounding |δ| <= u = 2^-24 (≈ 6e-8), i.e. at most ≈ u in log scale (the float64 distances and logs add
+#: ~1e-15). A log-scale bottleneck distance compares one rounded value from each diagram: it is off by at
+#: most 2u. The constant is 4u ≈ 2.4e-7: 2u with a factor 2 of slack.
+LOG_TOLERANCE = 4 * 2.0 ** -24
 
-HOLDS, VIOLATED, VACUOUS = "holds", "violated", "vacuous"
+#: ε counts as clearly above the rounding when ε > RESOLVED_FACTOR × LOG_TOLERANCE: then a measured
+#: distance within ε + tolerance can exceed ε by at most 2 × tolerance / ε < 2 % of ε. Below that, a
+#: distance between ε and ε + tolerance could be rounding or a violation of the size of ε itself:
+#: verdict "inconclusive".
+RESOLVED_FACTOR = 100.0
+
+HOLDS, VIOLATED, VACUOUS, INCONCLUSIVE = "holds", "violated", "vacuous", "inconclusive"
 
 
 def _log_persistence(d: np.ndarray) -> np.ndarray:
@@ -111,8 +120,10 @@ class PersistenceStabilityCheck(ResultMixin):
     ``alive_after[k]``: features of the H_k diagram after with positive log-persistence (at least
     ``surviving[k]`` when T5 holds); ``betti_before``/``betti_after``: robust (log 2) counts;
     ``betti_bounds[k - 1]``: the range T5 allows for the count of H_k after (:func:`betti_bounds_after` with
-    ``epsilon + tolerance``). ``verdict``: ``"holds"``, ``"violated"`` or ``"vacuous"`` (ε infinite: a <= 0,
-    i.e. lr K >= 1; nothing is claimed). ``n_used`` < ``n_points``: both clouds were restricted to the same
+    ``epsilon + tolerance``). ``verdict``: ``"holds"``, ``"violated"`` (a distance above ε + tolerance, or
+    a feature or count outside T5's range), ``"inconclusive"`` (ε within :data:`RESOLVED_FACTOR` × tolerance
+    of 0 and a distance between ε and ε + tolerance: rounding cannot be told from a violation) or
+    ``"vacuous"`` (ε infinite: a <= 0, i.e. lr K >= 1; nothing is claimed). ``n_used`` < ``n_points``: both clouds were restricted to the same
     greedy landmarks of the cloud before (the map restricted to them satisfies the same band, so T5 holds
     for them exactly). ``persistence_before``/``persistence_after``: the diagrams (not in ``to_dict``).
     """
@@ -209,8 +220,10 @@ def check_persistence_stability(before: Any, after: Any, *, a: float | None = No
     makes the check hold by construction. Per homology dimension 0..``maxdim`` the log-scale bottleneck
     distance (H0: sorted finite log deaths, D4) is compared with ε + :data:`LOG_TOLERANCE`; the features of
     ``before`` with log-persistence > 2 (ε + tolerance) must survive, and each robust (log 2) count of
-    ``after`` must lie in the range of :func:`betti_bounds_after`. Verdict ``"vacuous"`` when ε is infinite (a <= 0: lr K >= 1),
-    else ``"holds"`` or ``"violated"``. Clouds above :data:`~topoverify.measure.persistence.EXACT_LIMITS`
+    ``after`` must lie in the range of :func:`betti_bounds_after`. Verdict ``"vacuous"`` when ε is infinite
+    (a <= 0: lr K >= 1), ``"violated"`` when any of these fails, ``"inconclusive"`` when ε is not clearly
+    above the rounding (ε <= :data:`RESOLVED_FACTOR` × tolerance) and a distance lies in (ε, ε + tolerance],
+    else ``"holds"``. Clouds above :data:`~topoverify.measure.persistence.EXACT_LIMITS`
     (``n_perm="auto"``) or with an explicit ``n_perm`` are restricted to the greedy landmarks of ``before``,
     the same rows on both sides.
     """
@@ -233,10 +246,12 @@ def check_persistence_stability(before: Any, after: Any, *, a: float | None = No
     counts_ok = all(lower <= betti1[k] <= upper for k, (lower, upper) in enumerate(bounds, start=1))
     if math.isinf(eps):
         verdict = VACUOUS
-    elif all(within) and all(n1 >= n0 for n0, n1 in zip(surviving, alive)) and counts_ok:
-        verdict = HOLDS
-    else:
+    elif not (all(within) and all(n1 >= n0 for n0, n1 in zip(surviving, alive)) and counts_ok):
         verdict = VIOLATED
+    elif eps <= RESOLVED_FACTOR * tol and any(d > eps for d in distances):
+        verdict = INCONCLUSIVE
+    else:
+        verdict = HOLDS
     return PersistenceStabilityCheck(
         a=lo, b=hi, K=K, lr=lr, epsilon=eps, tolerance=tol, maxdim=maxdim, distances=distances, within=within,
         surviving=surviving, alive_after=alive, betti_before=betti0, betti_after=betti1, betti_bounds=bounds,

@@ -6,11 +6,13 @@ state, which T6 needs beside θ (merged neurons stay merged only when their (θ,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import nn
 
 from topoverify import topology
@@ -40,6 +42,10 @@ class TopologySnapshot(ResultMixin):
     state is unknown); ``distinct_tol`` counts neurons farther apart than ``merge_rtol`` × radius
     (informational: it merges neurons that are merely close). ``error_bound`` is the subsampling certificate
     (0 without ``n_perm``). ``diagrams`` are kept only when the sweep's ``keep_diagrams`` is set.
+    For T3's merge test (T4 bounds each pair's distance from below): ``min_pair_distance``, the smallest
+    distance between two neurons apart by more than the tracker's collapse level; ``max_norm``, the largest
+    row norm; ``collapse_rtol``, the tracker's round-off factor (a pair is collapsed at distance
+    <= collapse_rtol × the larger row norm). None when not measured.
     """
 
     step: int
@@ -57,6 +63,9 @@ class TopologySnapshot(ResultMixin):
     close_at_start_pairs: int = 0
     separated_pairs: int = 0
     state_known: bool = False
+    min_pair_distance: float | None = None
+    max_norm: float | None = None
+    collapse_rtol: float | None = None
 
     @property
     def low(self) -> tuple[int, ...]:
@@ -130,6 +139,29 @@ def _max_log_persistence(diagram: np.ndarray) -> float:
         return float(np.max(np.log(d[:, 1]) - np.log(d[:, 0])))
 
 
+def _closest_pair_and_radius(cloud: Any, level: float) -> tuple[float, float]:
+    """(smallest distance between two rows farther apart than ``level`` × their larger norm, largest row
+    norm); inf when no such pair."""
+    x = np.asarray(cloud.detach().cpu().numpy() if isinstance(cloud, torch.Tensor) else cloud, dtype=np.float64)
+    x = x.reshape(x.shape[0], -1)
+    norms = np.linalg.norm(x, axis=1)
+    if x.shape[0] < 2:
+        return math.inf, float(norms.max(initial=0.0))
+    tree = cKDTree(x)
+    best = math.inf
+    k = min(x.shape[0], 8)
+    while True:
+        d, j = tree.query(x, k=k)
+        far = d > level * np.maximum(norms[:, None], norms[j])
+        found = np.where(far, d, np.inf).min(axis=1)
+        # a row whose k nearest are all within the collapse level needs more neighbours
+        if np.all(np.isfinite(found)) or k == x.shape[0]:
+            best = float(found.min())
+            break
+        k = min(2 * k, x.shape[0])
+    return best, float(norms.max())
+
+
 def topology_snapshot(cloud: Any, step: int = 0, *, maxdim: int = 1, n_perm: int | str | None = "auto",
                       merge_rtol: float = DEFAULT_MERGE_RTOL, keep_diagrams: bool = True, rule: str = "log2",
                       margin: float = topology.DEFAULT_MARGIN, tracker: topology.MergeTracker | None = None,
@@ -143,6 +175,8 @@ def topology_snapshot(cloud: Any, step: int = 0, *, maxdim: int = 1, n_perm: int
     if tracker is None:
         tracker = topology.MergeTracker(cloud, state)
     mr = tracker.update(cloud, state)
+    rtol = tracker.roundoff_ulps * tracker.eps
+    closest, radius = _closest_pair_and_radius(cloud, rtol)
     return TopologySnapshot(
         step=int(step), betti=tuple(int(b) for b in rep.betti), max_log_persistence=lps,
         distinct=topology.count_distinct(cloud, state=state),
@@ -151,4 +185,5 @@ def topology_snapshot(cloud: Any, step: int = 0, *, maxdim: int = 1, n_perm: int
         diagrams=[np.asarray(d) for d in res.diagrams] if keep_diagrams else None,
         betti_low=tuple(rep.low), betti_high=tuple(rep.high), merged=int(mr.merged),
         collapsed_pairs=len(mr.collapsed), state_differs_pairs=len(mr.state_differs),
-        close_at_start_pairs=len(mr.close_at_start), separated_pairs=len(mr.separated), state_known=mr.state_known)
+        close_at_start_pairs=len(mr.close_at_start), separated_pairs=len(mr.separated), state_known=mr.state_known,
+        min_pair_distance=closest, max_norm=radius, collapse_rtol=float(rtol))

@@ -25,7 +25,7 @@ from topoverify.errors import TopoverifyError
 from topoverify.formatting import ResultMixin, fmt, jsonable
 
 __all__ = ["PersistenceResult", "persistence", "exact_limit", "auto_landmarks", "CostWarning", "EXACT_LIMITS",
-           "AUTO_LANDMARKS"]
+           "AUTO_LANDMARKS", "DENSE_PDIST_LIMIT", "GRAM_REFINE_FRACTION", "pairwise_distances"]
 
 #: Largest cloud that :func:`persistence` computes exactly with ``n_perm="auto"`` (the default), per
 #: ``maxdim`` (3 and above use the value of 2); above it, a greedy subsample of :data:`AUTO_LANDMARKS`
@@ -38,6 +38,11 @@ AUTO_LANDMARKS = {0: 2000, 1: 512, 2: 150}
 
 #: N^2 d / 2 above which distances use BLAS (Gram trick) instead of pdist
 DENSE_PDIST_LIMIT = 4e8
+
+#: Gram-trick squared distances below this fraction of |x_i|^2 + |x_j|^2 (of the centred cloud) are
+#: recomputed from differences: the trick's absolute error is ~ d u64 (|x_i|^2 + |x_j|^2), so above the
+#: fraction the relative error of a distance stays below ~1e-10, far under ripser's float32 rounding (6e-8).
+GRAM_REFINE_FRACTION = 1e-3
 
 
 class CostWarning(UserWarning):
@@ -123,15 +128,28 @@ def as_diagram(dgm: Any, name: str = "diagram") -> np.ndarray:
 
 
 def pairwise_distances(x: np.ndarray) -> np.ndarray:
-    """Full Euclidean distance matrix (float64). pdist (exact) for moderate sizes, BLAS Gram trick above."""
+    """Full Euclidean distance matrix (float64). pdist (exact) for moderate sizes; above
+    :data:`DENSE_PDIST_LIMIT` the BLAS Gram trick |x|^2 + |y|^2 - 2 x·y on the centred cloud (distances are
+    translation-invariant; centring removes a common offset), with the pairs it cannot resolve (squared
+    distance below :data:`GRAM_REFINE_FRACTION` of |x|^2 + |y|^2: cancellation) recomputed from differences."""
     n, d = x.shape
     if n * n * d / 2 <= DENSE_PDIST_LIMIT:
         return squareform(pdist(x))
+    x = x - x.mean(axis=0)
     sq = np.einsum("ij,ij->i", x, x)
     g = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    np.fill_diagonal(g, np.inf)
+    rows, cols = np.nonzero(np.triu(g < GRAM_REFINE_FRACTION * (sq[:, None] + sq[None, :]), 1))
     np.maximum(g, 0.0, out=g)
     np.fill_diagonal(g, 0.0)
-    return np.sqrt(g, out=g)
+    np.sqrt(g, out=g)
+    chunk = max(1, int(2e7 // d))  # pairs per block of differences: about 160 MB of float64 at a time
+    for s in range(0, rows.size, chunk):
+        r, c = rows[s:s + chunk], cols[s:s + chunk]
+        exact = np.sqrt(np.einsum("ij,ij->i", x[r] - x[c], x[r] - x[c]))
+        g[r, c] = exact
+        g[c, r] = exact
+    return g
 
 
 def _greedy_landmarks(x: np.ndarray, n_perm: int) -> tuple[np.ndarray, float]:
@@ -142,6 +160,7 @@ def _greedy_landmarks(x: np.ndarray, n_perm: int) -> tuple[np.ndarray, float]:
     of the last landmark, an upper bound of it).
     """
     n = x.shape[0]
+    x = x - x.mean(axis=0)  # distances are translation-invariant; centring limits the Gram trick's cancellation
     sq = np.einsum("ij,ij->i", x, x)
     idx = np.empty(n_perm, dtype=np.int64)
     idx[0] = 0

@@ -2,8 +2,9 @@
 
 * T7(a) SGD with momentum μ, dampening τ, Nesterov: one step moves neuron i by lr (c_g g(θ_i) + c_b b_i),
   with (c_g, c_b) *derived* here from torch's recursion (:func:`sgd_momentum_coefficients`); the triangle
-  inequality then gives T2's band with K_eff = c_g K + c_b ρ_b (:func:`momentum_K_eff`), ρ_b the pairwise
-  Lipschitz ratio of the pre-step buffer. A bound on θ-distances conditional on the buffer.
+  inequality then gives T2's band with K_eff = |c_g| K + |c_b| ρ_b (:func:`momentum_K_eff`; c_g < 0 for
+  dampening > 1), ρ_b the pairwise Lipschitz ratio of the pre-step buffer. A bound on θ-distances
+  conditional on the buffer.
 * T7(b) any rule with a bounded update: | ‖θ'_i − θ'_j‖ − ‖θ_i − θ_j‖ | ≤ lr ‖u_i − u_j‖ ≤ 2 lr sup‖u‖
   (:func:`additive_step_bounds`, ``ADDITIVE_DELTA``); for sign rules sup‖u‖ = √d per neuron
   (:func:`sign_rule_sup_norm`). Rips diagrams (absolute scale) then move by at most δ = 2 lr sup‖u‖ in
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import sympy as sp
 
@@ -23,6 +25,8 @@ __all__ = [
     "MU",
     "TAU",
     "RHO_B",
+    "C_G",
+    "C_B",
     "DIST",
     "DU",
     "U_SUP",
@@ -31,6 +35,7 @@ __all__ = [
     "sgd_momentum_coefficients",
     "sgd_momentum_coefficients_numeric",
     "momentum_K_eff",
+    "momentum_K_eff_numeric",
     "additive_step_bounds",
     "sign_rule_sup_norm",
     "additive_delta_numeric",
@@ -39,6 +44,8 @@ __all__ = [
 #: momentum μ and dampening τ of torch.optim.SGD
 MU = sp.Symbol("mu", nonnegative=True)
 TAU = sp.Symbol("tau", nonnegative=True)
+#: the coefficients c_g, c_b of the direction c_g g + c_b b (c_g = 1 − τ < 0 when dampening τ > 1)
+C_G, C_B = sp.symbols("c_g c_b", real=True)
 #: ρ_b = max_{i≠j} ‖b_i − b_j‖ / ‖θ_i − θ_j‖, read from the pre-step momentum buffer
 RHO_B = sp.Symbol("rho_b", nonnegative=True)
 #: a pairwise distance ‖θ_i − θ_j‖, the norm of an update difference ‖u_i − u_j‖, and sup_i ‖u_i‖
@@ -69,19 +76,39 @@ def sgd_momentum_coefficients(mu: sp.Expr = MU, tau: sp.Expr = TAU, *, nesterov:
 
 def sgd_momentum_coefficients_numeric(momentum: float, dampening: float = 0.0, *, nesterov: bool = False,
                                       first_step: bool = False) -> tuple[float, float]:
-    """:func:`sgd_momentum_coefficients` evaluated (floats); bad hyper-parameters raise TopoverifyError."""
+    """:func:`sgd_momentum_coefficients` evaluated (floats); bad hyper-parameters raise TopoverifyError.
+
+    Any dampening >= 0 is accepted (torch accepts τ > 1, which makes c_g = 1 − τ negative)."""
     for name, v in (("momentum", momentum), ("dampening", dampening)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise TopoverifyError(f"{name} must be a finite number >= 0 (got {v!r}); pass SGD's {name}")
+        if isinstance(v, bool) or not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0):
+            raise TopoverifyError(f"{name} must be a finite number >= 0, not a bool (got {v!r}); "
+                                  f"pass SGD's {name} as a float")
     c_g, c_b = sgd_momentum_coefficients(nesterov=nesterov, first_step=first_step)
-    subs = {MU: momentum, TAU: dampening}
+    subs = {MU: float(momentum), TAU: float(dampening)}
     return float(c_g.subs(subs)), float(c_b.subs(subs))
 
 
-def momentum_K_eff(c_g: sp.Expr, c_b: sp.Expr, K_: sp.Expr = K, rho_b: sp.Expr = RHO_B) -> sp.Expr:
-    """T7(a): ``K_eff = c_g K + c_b ρ_b``, the pairwise Lipschitz constant of the direction c_g g + c_b b:
-    ‖(c_g g_i + c_b b_i) − (c_g g_j + c_b b_j)‖ ≤ c_g ‖g_i − g_j‖ + c_b ‖b_i − b_j‖ (c_g, c_b ≥ 0)."""
-    return c_g * K_ + c_b * rho_b
+def momentum_K_eff(c_g: sp.Expr = C_G, c_b: sp.Expr = C_B, K_: sp.Expr = K, rho_b: sp.Expr = RHO_B) -> sp.Expr:
+    """T7(a): ``K_eff = |c_g| K + |c_b| ρ_b``, the pairwise Lipschitz constant of the direction c_g g + c_b b:
+    ‖(c_g g_i + c_b b_i) − (c_g g_j + c_b b_j)‖ ≤ |c_g| ‖g_i − g_j‖ + |c_b| ‖b_i − b_j‖ (triangle inequality,
+    either sign; c_g = 1 − τ < 0 for torch's dampening τ > 1). For c_g, c_b ≥ 0 this is c_g K + c_b ρ_b."""
+    return sp.Abs(c_g) * K_ + sp.Abs(c_b) * rho_b
+
+
+_K_EFF_NUMERIC = sp.lambdify((C_G, C_B, K, RHO_B), momentum_K_eff(), modules="math")
+
+
+def momentum_K_eff_numeric(c_g: float, c_b: float, K_: float, rho_b: float) -> float:
+    """:func:`momentum_K_eff` numerically (lambdified). A term whose coefficient is 0 is absent, so its constant
+    is not read: 0 · inf is 0 here, not NaN (e.g. heavy ball with dampening 1 has c_g = 0, any K_upper)."""
+    values = {"c_g": c_g, "c_b": c_b, "K": K_, "rho_b": rho_b}
+    for name, v in values.items():
+        v = float(v)
+        if math.isnan(v) or (name in ("K", "rho_b") and v < 0) or (name.startswith("c_") and math.isinf(v)):
+            raise TopoverifyError(f"momentum_K_eff_numeric: {name}={v} is not valid; the coefficients must be "
+                                  f"finite and K, rho_b >= 0 (inf allowed)")
+    c_g, c_b = float(c_g), float(c_b)
+    return float(_K_EFF_NUMERIC(c_g, c_b, float(K_) if c_g != 0 else 0.0, float(rho_b) if c_b != 0 else 0.0))
 
 
 def additive_step_bounds(d: sp.Expr = DIST, eta: sp.Expr = ETA, du: sp.Expr = DU) -> tuple[sp.Expr, sp.Expr]:

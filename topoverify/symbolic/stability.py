@@ -44,15 +44,20 @@ def gd_quadratic_step(eta: sp.Expr = ETA, lam: sp.Expr = LAM) -> sp.Expr:
 def solve_gd_quadratic_stability(eta: sp.Symbol = ETA, lam: sp.Symbol = LAM) -> sp.Interval:
     """T8: the set of real rates η with |1 − ηλ| < 1 (every start converges), solved by sympy: (0, 2/λ).
 
-    Solved over all reals, so the lower end 0 is found, not assumed; ``reduce_inequalities`` must agree.
+    ``eta``'s own assumptions (e.g. ``ETA`` is positive) are dropped: the inequality is solved for a real
+    symbol over all reals, so the lower end 0 is found, not assumed; ``reduce_inequalities`` must agree on
+    both ends. ``lam`` must be a positive symbol (or number); otherwise TopoverifyError.
     """
-    factor = gd_quadratic_step(eta, lam)
-    solset = sp.solveset(sp.Abs(factor) < 1, eta, domain=sp.S.Reals)
+    real_eta = sp.Dummy(str(eta), real=True)
+    factor = gd_quadratic_step(eta, lam).subs(eta, real_eta)
+    solset = sp.solveset(sp.Abs(factor) < 1, real_eta, domain=sp.S.Reals)
     if not (isinstance(solset, sp.Interval) and solset.left_open and solset.right_open and solset.inf == 0):
-        raise TopoverifyError(f"unexpected solution set of |{factor}| < 1: {solset}")  # pragma: no cover
-    reduced = sp.reduce_inequalities([sp.Abs(factor) < 1], eta)
-    if sp.simplify(reduced.rhs - solset.sup) != 0:
-        raise TopoverifyError(f"unexpected solution set of |{factor}| < 1: {solset}")  # pragma: no cover
+        raise TopoverifyError(f"unexpected solution set of |{factor}| < 1: {solset}; pass a positive curvature "
+                              f"lam, e.g. sympy.Symbol('lambda', positive=True)")
+    reduced = sp.reduce_inequalities([sp.Abs(factor) < 1], real_eta)  # 0 < η ∧ η < 2/λ: both ends compared
+    if reduced != solset.as_relational(real_eta):
+        raise TopoverifyError(f"solveset gives {solset} but reduce_inequalities gives {reduced} for "
+                              f"|{factor}| < 1")  # pragma: no cover
     return solset
 
 
@@ -63,11 +68,24 @@ _EDGE_NUMERIC = sp.lambdify((LAM,), EDGE_OF_STABILITY, modules="math")
 
 
 def edge_of_stability_numeric(lam: float) -> float:
-    """T8 numerically: 2/λ (lambdified from ``EDGE_OF_STABILITY``); inf for λ <= 0 (no curvature to blow up)."""
-    lam = float(lam)
+    """T8 numerically: 2/λ (lambdified from ``EDGE_OF_STABILITY``); inf for λ = 0 (no curvature to blow up).
+
+    λ < 0 raises TopoverifyError: |1 − ηλ| > 1 for every η > 0, so GD diverges at every rate (T8 assumes
+    λ > 0, an eigenvalue of a loss Hessian at a minimum)."""
+    try:
+        if isinstance(lam, bool):
+            raise TypeError("a bool is not a curvature")
+        lam = float(lam)
+    except (TypeError, ValueError) as err:
+        raise TopoverifyError(f"lambda must be a real number (got {lam!r}); pass the top eigenvalue of the loss "
+                              f"Hessian as a float") from err
     if math.isnan(lam):
         raise TopoverifyError("lambda is NaN; pass the top eigenvalue of the loss Hessian")
-    if lam <= 0:
+    if lam < 0:
+        raise TopoverifyError(f"lambda = {lam} < 0: gradient descent diverges along that direction at every rate "
+                              f"(|1 - eta*lambda| > 1), so there is no edge of stability; T8 needs lambda > 0 "
+                              f"(pass the top eigenvalue of the Hessian at a minimum)")
+    if lam == 0:
         return math.inf
     return float(_EDGE_NUMERIC(lam))
 
