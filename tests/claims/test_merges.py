@@ -26,7 +26,8 @@ OPTIMIZERS = {
 
 
 class NoisySGD(torch.optim.SGD):
-    """SGD plus independent Gaussian noise on every coordinate (equivariant only in distribution)."""
+    """SGD plus independent Gaussian noise of size ``noise`` on every coordinate (equivariant only in
+    distribution; violates T6's E2: two twins' updates differ by ξ_i − ξ_j)."""
 
     def __init__(self, params, lr=0.05, noise=1e-3, seed=0):
         super().__init__(params, lr=lr)
@@ -169,22 +170,6 @@ def test_T6_one_merge_counter_for_predictions_and_topology(cloud, dtype):
 # ------------------------------------------------------------------ the checker, check_identical_neurons (T6)
 
 
-class TinyNoiseSGD(torch.optim.SGD):
-    """SGD + per-coordinate noise of size ``noise`` (violates E2): the twins' updates differ by ξ_i - ξ_j."""
-
-    def __init__(self, params, lr=0.05, noise=1e-12):
-        super().__init__(params, lr=lr)
-        self.noise, self.gen = noise, torch.Generator().manual_seed(0)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = super().step(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.add_(torch.randn(p.shape, generator=self.gen, dtype=p.dtype) * self.noise)
-        return loss
-
-
 class LastParamSGD(torch.optim.SGD):
     """SGD on the last parameter only (the output bias): the twin neurons never move."""
 
@@ -200,10 +185,10 @@ def test_T6_checker_holds_only_for_bitwise_equal_twins():
 
 def test_T6_checker_reports_a_gap_below_the_tolerance_as_a_finding():
     """Noise of 1e-12 per coordinate (an E2 violation) stays below rtol 1e-10 for 20 steps: not "holds"."""
-    rep = check_identical_neurons(lambda p: TinyNoiseSGD(p, noise=1e-12))
+    rep = check_identical_neurons(lambda p: NoisySGD(p, noise=1e-12))
     assert rep.verdict == "holds up to round-off" and not rep.ok, str(rep)
     assert rep.step == 1 and 0 < rep.gap <= rep.allowed and rep.key and "1 on" in rep.message
-    broken = check_identical_neurons(lambda p: TinyNoiseSGD(p, noise=1e-8))
+    broken = check_identical_neurons(lambda p: NoisySGD(p, noise=1e-8))
     assert broken.verdict == "broken" and not broken.ok and broken.gap > broken.allowed and broken.step == 1
 
 
