@@ -1,4 +1,4 @@
-"""Tests of the point-cloud generators (topoverify.clouds) and their Hypothesis strategies."""
+"""Tests of the point-cloud generators (topoverify.experiments.clouds) and their Hypothesis strategies."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """T3's checker (``spec/claims.toml``): η < η* = 1/K at every step is *sufficient* for each step to be a
 bi-Lipschitz homeomorphism of the neuron cloud, not necessary.
 
-:func:`check_critical_rate` reads a :func:`topoverify.experiments.sweep.sweep` result. A run *stayed below
+:func:`check_critical_rate` reads a :func:`topoverify.experiments.rate_sweep.sweep` result. A run *stayed below
 η** when lr·K_t < 1 (finite) at every step t it applied, K_t predicted from the pre-step state θ_t; a NaN or
 inf lr·K at any step leaves the run uncertified. T3 bounds each step only; over a run the distortion
 accumulates (T4: a pair's distance is at least its start × ∏_t (1 − lr·K_t); T5: log-bottleneck
@@ -243,7 +243,7 @@ def _ratio(onset: float | None, eta: float | None) -> float | None:
 
 
 def check_critical_rate(result: SweepResult) -> CriticalRateCheck:
-    """T3 against the runs of ``result`` (a :func:`topoverify.experiments.sweep.sweep` with ``predict=True``).
+    """T3 against the runs of ``result`` (a :func:`topoverify.experiments.rate_sweep.sweep` with ``predict=True``).
 
     Example::
 

@@ -74,9 +74,6 @@ class FieldIdentityCheck(LayerRows, ResultMixin):
     layers: tuple[LayerFieldIdentity, ...]
     loss: float
 
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "holds": self.holds}
-
     def __str__(self) -> str:
         verdict = {True: "holds", False: "VIOLATED", None: "not fully checked"}[self.holds]
         return "\n".join([f"T1 field identity (loss {fmt(self.loss)}): {verdict}",

@@ -83,9 +83,6 @@ class MultiStepVerification(CertifiedLayerRows, ResultMixin):
     optimizer_after: torch.optim.Optimizer | None = field(default=None, repr=False, compare=False,
                                                           metadata=NOT_SERIALIZED)
 
-    def to_dict(self) -> dict:
-        return {**super().to_dict(), "holds": self.holds, "holds_certified": self.holds_certified}
-
     @property
     def verdict(self) -> str:
         """One line: VERIFIED only on the certified check; an estimate-only pass says it is not verified."""

@@ -12,7 +12,6 @@ with log-persistence ``> 2 eps`` survives, and a robust (log 2) count moves only
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from topoverify.errors import TopoverifyError
-from topoverify.formatting import ResultMixin, fmt, jsonable
+from topoverify.formatting import NOT_SERIALIZED, ResultMixin, fmt
 from topoverify.measure.betti import robust_betti
 from topoverify.measure.betti_rules import DEFAULT_LOG_THRESHOLD
 from topoverify.measure.diagram_distance import log_bottleneck
@@ -145,8 +144,10 @@ class PersistenceStabilityCheck(ResultMixin):
     n_points: int
     n_used: int
     verdict: str
-    persistence_before: PersistenceResult | None = field(default=None, repr=False, compare=False)
-    persistence_after: PersistenceResult | None = field(default=None, repr=False, compare=False)
+    persistence_before: PersistenceResult | None = field(default=None, repr=False, compare=False,
+                                                         metadata=NOT_SERIALIZED)
+    persistence_after: PersistenceResult | None = field(default=None, repr=False, compare=False,
+                                                        metadata=NOT_SERIALIZED)
 
     @property
     def holds(self) -> bool:
@@ -158,10 +159,7 @@ class PersistenceStabilityCheck(ResultMixin):
         return max(self.distances)
 
     def to_dict(self) -> dict[str, Any]:
-        skip = {"persistence_before", "persistence_after"}
-        d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
-        d["holds"] = self.holds
-        return d
+        return {**super().to_dict(), "holds": self.holds}
 
     def __str__(self) -> str:
         band = f"a={fmt(self.a)}, b={fmt(self.b)}"

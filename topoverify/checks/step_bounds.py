@@ -95,11 +95,6 @@ class StepVerification(CertifiedLayerRows, ResultMixin):
     optimizer_after: torch.optim.Optimizer | None = field(default=None, repr=False, compare=False,
                                                           metadata=NOT_SERIALIZED)
 
-    def to_dict(self) -> dict:
-        d = super().to_dict()
-        d["holds"], d["holds_certified"] = self.holds, self.holds_certified
-        return d
-
     def __str__(self) -> str:
         return verification_table(self)
 
@@ -167,7 +162,7 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
             raise NonFiniteError(f"layer {layer.name!r}{at}: {exc} (lr={fmt(lp.lr)}, predicted "
                                  f"eta*={fmt(lp.eta_star)})") from None
         compared = st.n_pairs > 0
-        if not (compared and math.isfinite(st.min_ratio) and math.isfinite(st.max_ratio)) and compared:
+        if compared and not (math.isfinite(st.min_ratio) and math.isfinite(st.max_ratio)):
             raise NonFiniteError(f"layer {layer.name!r}{at}: a distance ratio is not finite (observed "
                                  f"[{st.min_ratio}, {st.max_ratio}]); the step has diverged.")
         if not certified:

@@ -32,6 +32,9 @@ class LayerRows(LayerLookup):
     def holds(self) -> bool | None:
         return combine_verdicts(row.holds for row in self.layers)
 
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "holds": self.holds}
+
 
 class CertifiedLayerRows(LayerRows):
     """:class:`LayerRows` whose rows also carry ``holds_certified`` (the check made with a certified bound)."""
@@ -39,3 +42,6 @@ class CertifiedLayerRows(LayerRows):
     @property
     def holds_certified(self) -> bool | None:
         return combine_verdicts(row.holds_certified for row in self.layers)
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "holds_certified": self.holds_certified}

@@ -9,7 +9,6 @@ reported as *uncertain*, not as a change.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -170,7 +169,7 @@ class RunRecord(ResultMixin):
         return "kept"
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        d = super().to_dict()
         for name in ("max_eta_K", "max_eta_K_step", "max_eta_K_before_change", "max_eta_K_upper", "steps_above_one",
                      "betti_changed", "start_uncertain", "merged", "distinct_changed", "topology_changed",
                      "first_change_step", "first_uncertain_step", "verdict"):
@@ -274,7 +273,7 @@ class SweepResult(ResultMixin):
         raise KeyError(f"no run at lr={lr}; rates: {self.lrs}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        d = super().to_dict()
         for name in ("onset_lr", "onset_lr_transient", "onset_lr_before_divergence", "divergence_lr", "phase2_lr",
                      "start_uncertain", "start_range", "uncertain_lrs"):
             d[name] = jsonable(getattr(self, name))

@@ -12,7 +12,6 @@ bottleneck distance ``2 r_cover`` of the full one: :attr:`PersistenceResult.erro
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 from scipy.spatial.distance import pdist, squareform
 
 from topoverify.errors import TopoverifyError
-from topoverify.formatting import ResultMixin, fmt, jsonable
+from topoverify.formatting import NOT_SERIALIZED, ResultMixin, fmt
 
 __all__ = ["PersistenceResult", "persistence", "exact_limit", "auto_landmarks", "CostWarning", "EXACT_LIMITS",
            "AUTO_LANDMARKS", "DENSE_PDIST_LIMIT", "GRAM_REFINE_FRACTION", "pairwise_distances"]
@@ -218,17 +217,13 @@ class PersistenceResult(ResultMixin):
     scale: float
     seconds: float = 0.0
     landmarks: np.ndarray | None = field(default=None, repr=False)
-    points: np.ndarray | None = field(default=None, repr=False)
+    points: np.ndarray | None = field(default=None, repr=False, metadata=NOT_SERIALIZED)
     auto_subsampled: bool = False
     note: str = ""
 
     @property
     def subsampled(self) -> bool:
         return self.n_used < self.n_points
-
-    def to_dict(self) -> dict[str, Any]:
-        skip = {"points"}
-        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
 
     def __str__(self) -> str:
         counts = ", ".join(f"H{k}: {len(d)}" for k, d in enumerate(self.diagrams))

@@ -71,7 +71,11 @@ class RuleConstants:
     step's Jacobian, coefficients included; None when not computed). Certified: ``K_upper``, ``K_eff_upper``
     and ``mu_upper`` (≥ sup λ_max of the step's Jacobian over the hull; None when the rule claims no
     injectivity). ``momentum_rho``: the buffer ratio ρ_b (None without a buffer); ``reason``: why a certified
-    constant is infinite; ``n_points``/``argmax_neuron``: where K was sampled and attained."""
+    constant is infinite; ``n_points``/``argmax_neuron``: where K was sampled and attained.
+
+    "Certified" is the rule's promise: the built-in SGD rule's upper bounds are proved (T2, T7(a)) and tested
+    against exact arithmetic and sampling plus ascent; a rule registered with :func:`register_rule` is
+    responsible for its own, and ``verify_step`` holding it against real steps is evidence, not a proof."""
 
     K: float
     K_upper: float
