@@ -3,10 +3,13 @@
 Public API (see README.md); each claim of ``spec/claims.toml`` has one checker (its ``checker`` key):
 
 * ``predict_step`` / ``verify_step`` — K, η* = 1/K and the one-step bounds of claims T2/T3 (and T7's
-  momentum form), predicted from the pre-step state and held against a real optimizer step;
+  optimizer-specific forms: momentum SGD, Adam/AdamW/NAdam/RAdam/Adamax/RMSprop/Adagrad with the additive bound
+  beside the multiplicative one), predicted from the pre-step state and held against a real optimizer step;
   ``verify_steps`` — the multistep product bound (T4) over a run; ``check_field_identity`` — one update field
   for all neurons (T1).
-* ``register_rule`` / ``OptimizerRule`` — how ``predict_step`` reads an optimizer family (SGD built in).
+* ``register_rule`` / ``OptimizerRule`` — how ``predict_step`` reads an optimizer family (SGD and torch's
+  adaptive optimizers built in; ``sign_rule`` for Lion-style optimizers, ``CoordinateFamily`` for new
+  coordinate-wise maps).
 * ``detect_layers`` / ``explicit_layer`` / ``neuron_cloud`` / ``permute`` / ``preflight`` — neuron layouts,
   permutations, and the check that a permutation is a symmetry of the loss.
 * ``equivariance_error`` / ``assert_equivariant`` — a Hypothesis-driven permutation-equivariance check of any
@@ -38,7 +41,7 @@ from topoverify.experiments.sweep_result import SweepResult
 from topoverify.neurons.layouts import NeuronLayer, ParamAxis, detect_layers, explicit_layer, neuron_cloud
 from topoverify.neurons.permute import inverse_permutation, permute
 from topoverify.neurons.preflight import preflight
-from topoverify.rules import OptimizerRule, register_rule, registered, unregister_rule
+from topoverify.rules import CoordinateFamily, OptimizerRule, register_rule, registered, sign_rule, unregister_rule
 
 __version__ = "0.1.0"
 
@@ -51,7 +54,7 @@ __all__ = [
     "LayerPrediction", "LayerVerification", "MultiStepVerification", "StepPrediction", "StepVerification",
     "SweepResult", "SymmetryReport",
     # optimizer rules (predict_step reads an optimizer through its registered rule)
-    "OptimizerRule", "register_rule", "registered", "unregister_rule",
+    "OptimizerRule", "register_rule", "registered", "unregister_rule", "sign_rule", "CoordinateFamily",
     # neurons
     "NeuronLayer", "ParamAxis", "detect_layers", "explicit_layer", "inverse_permutation", "neuron_cloud",
     "permute", "preflight",

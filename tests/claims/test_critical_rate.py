@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from topoverify import topology
 
@@ -45,10 +46,21 @@ def test_holds_on_the_circle_scenario_below_and_above_eta_star():
 
 
 def test_an_optimizer_without_a_prediction_is_inconclusive():
-    r = sweep(circle_scenario(n=16), adam_factory(), [1e-3], 3, every=3)
+    def rprop(model, lr):
+        return torch.optim.Rprop(model.parameters(), lr=lr)
+
+    r = sweep(circle_scenario(n=16), rprop, [1e-3], 3, every=3, sharpness=False)
     check = check_critical_rate(r)
-    assert check.verdict == INCONCLUSIVE and check.certified_lrs == () and "Adam" in check.reason
+    assert check.verdict == INCONCLUSIVE and check.certified_lrs == () and "Rprop" in check.reason
     assert check.eta_star is None and check.onset_ratio is None
+
+
+def test_adam_with_no_run_below_its_certified_eta_star_is_inconclusive():
+    """Adam's certified η* on the circle is ~1e-8 (its first step is sign-like): a run at 1e-3 is never below
+    it, so T3 has nothing to test; the verdict says so instead of passing."""
+    r = sweep(circle_scenario(n=16), adam_factory(), [1e-3], 2, every=2, sharpness=False)
+    check = check_critical_rate(r)
+    assert check.verdict == INCONCLUSIVE and check.certified_lrs == () and "no run stayed below" in check.reason
 
 
 # ------------------------------------------------------------------------------------------ hand-built records

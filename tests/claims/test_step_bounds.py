@@ -241,13 +241,15 @@ def test_hessian_constants_are_reported_and_ordered():
     assert lp.K < lp.lambda_layer  # observed here: the field constant is far below the Hessian's
 
 
-def test_adam_gets_no_prediction_but_a_reason():
+def test_optimizer_without_a_rule_gets_no_prediction_but_a_reason():
     s = default_scenario(n=8)
     model = s.model()
-    pred = predict_step(model, torch.optim.Adam(model.parameters()), s.loss_fn, s.batch, hessian=False)
-    assert pred.phase == "unavailable" and "no prediction for Adam" in pred.layers[0].reason
+    pred = predict_step(model, torch.optim.Rprop(model.parameters()), s.loss_fn, s.batch, hessian=False)
+    assert pred.phase == "unavailable" and "no prediction for Rprop" in pred.layers[0].reason
+    assert "never another optimizer's formula" not in pred.layers[0].reason  # the reason names the fix
+    assert "register_rule" in pred.layers[0].reason
     with pytest.raises(UnsupportedError, match="nothing to verify"):
-        verify_step(model, torch.optim.Adam(model.parameters()), s.loss_fn, s.batch)
+        verify_step(model, torch.optim.Rprop(model.parameters()), s.loss_fn, s.batch)
 
 
 def test_nan_parameters_raise_naming_the_layer():

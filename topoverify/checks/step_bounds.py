@@ -23,7 +23,7 @@ from topoverify.errors import NonFiniteError, UnsupportedError
 from topoverify.formatting import NOT_SERIALIZED, ResultMixin, fmt
 from topoverify.measure.pairs import ratio_stats
 from topoverify.neurons.copying import clone
-from topoverify.neurons.layouts import NeuronLayer, neuron_cloud, resolve_layers
+from topoverify.neurons.layouts import NeuronLayer, member_widths, neuron_cloud, resolve_layers
 from topoverify.tables import verification_table
 
 
@@ -40,7 +40,13 @@ class LayerVerification(ResultMixin):
     pairs of the distance to the nearer bound (negative when a bound is violated); ``tightness`` =
     max|r − 1| / (lr·K_eff), the fraction of the predicted band used. ``K_secant`` and ``fold_index``
     (max over pairs of lr⟨u_i − u_j, θ_i − θ_j⟩/‖θ_i − θ_j‖²; below 1 no pair merged, by Cauchy–Schwarz) are
-    observations built from the step itself: bounds made from them could not fail.
+    observations built from the step itself: bounds made from them could not fail. A band whose upper end is
+    infinite (a sign rule's, K_eff = inf) cannot fail either: ``holds`` is then None.
+
+    Additive bound (T7(b), coordinate-wise families): ``max_abs_change`` = max over all pairs (merged ones
+    included) of |‖θ'_i − θ'_j‖ − ‖D(θ_i − θ_j)‖|, D = diag(1 − lr·λ_dec) per member (1 without decoupled
+    decay); ``holds_additive`` whether it stays within the certified δ (None when the rule gives no finite δ or
+    no pair exists); ``additive_violations`` how many pairs do not.
     """
 
     layer: str
@@ -60,15 +66,23 @@ class LayerVerification(ResultMixin):
     certified_check: str = "both bounds"  # or "upper bound only", or "not certified: <reason>"
     violations_certified: int = 0
     fold_index: float | None = None
+    max_abs_change: float | None = None
+    holds_additive: bool | None = None
+    additive_violations: int = 0
 
     def __str__(self) -> str:
         p = self.prediction
-        verdict = {True: "HOLDS", False: "VIOLATED", None: "NOT CHECKED (no pair of distinct neurons)"}[self.holds]
+        unchecked = ("NOT CHECKED (no pair of distinct neurons)" if self.n_pairs == 0 else
+                     "NOT CHECKED (the band [0, inf] cannot fail)")
+        verdict = {True: "HOLDS", False: "VIOLATED", None: unchecked}[self.holds]
         if self.holds_certified is None:
             cert = f"certified: not checked ({self.certified_check})"
         else:
             cert = (f"certified [{fmt(p.certified_lower, 6)}, {fmt(p.upper_certified, 6)}]: "
                     f"{'holds' if self.holds_certified else 'VIOLATED'}")
+        if self.holds_additive is not None:
+            cert += (f"; additive |change| {fmt(self.max_abs_change)} <= delta {fmt(p.additive_delta)}: "
+                     f"{'holds' if self.holds_additive else 'VIOLATED'}")
         return (f"layer {self.layer}: observed ratios [{fmt(self.min_ratio, 6)}, {fmt(self.max_ratio, 6)}] "
                 f"vs predicted [{fmt(p.lower, 6)}, {fmt(p.upper, 6)}] -> {verdict} ({cert}); K≈{fmt(p.K)}, "
                 f"K_secant={fmt(self.K_secant)} (observation), tightness={fmt(self.tightness, 3)}, merged pairs "
@@ -124,12 +138,20 @@ def stepped_copies(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: 
     return m, opt, step_in_place(m, opt, loss_fn, batch)
 
 
+def _decay_scale(model: nn.Module, layer: NeuronLayer, lp: LayerPrediction) -> float | torch.Tensor:
+    """D of the additive check: 1 without decoupled decay, else 1 − lr·λ_k per cloud coordinate (T7(b))."""
+    if not lp.decoupled_decay:
+        return 1.0
+    return torch.cat([torch.full((w,), 1.0 - lp.lr * lam, dtype=torch.float64)
+                      for w, lam in zip(member_widths(model, layer), lp.decoupled_decay)])
+
+
 def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch, *,
                 layers: Sequence[NeuronLayer] | NeuronLayer | None = None, step: int | None = None,
                 prediction: StepPrediction | None = None, **predict_options) -> StepVerification:
     """Predict (see :func:`topoverify.predict_step`), take the real step on copies, and compare per layer.
 
-    Raises :class:`UnsupportedError` if no layer has a prediction (e.g. Adam before T7) or the model is in half
+    Raises :class:`UnsupportedError` if no layer has a prediction (e.g. an optimizer without a rule) or the model is in half
     precision, and :class:`NonFiniteError` naming the layer and step if the step produces NaN/Inf parameters
     or distances beyond the float64 range (a non-finite result is never a pass).
     Neither the model nor the optimizer is modified: the step is taken on copies, returned as
@@ -156,8 +178,11 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
                                  f"predicted eta*={fmt(lp.eta_star)}); training diverged.")
         certified = lp.certified
         cert_band = (lp.certified_lower, lp.upper_certified) if certified else (0.0, math.inf)
+        additive = None
+        if lp.additive_delta is not None and math.isfinite(lp.additive_delta):
+            additive = (_decay_scale(model, layer, lp), lp.additive_delta)
         try:
-            st = ratio_stats(before, after, lp.lower, lp.upper, bands=(cert_band,))
+            st = ratio_stats(before, after, lp.lower, lp.upper, bands=(cert_band,), additive=additive)
         except NonFiniteError as exc:
             raise NonFiniteError(f"layer {layer.name!r}{at}: {exc} (lr={fmt(lp.lr)}, predicted "
                                  f"eta*={fmt(lp.eta_star)})") from None
@@ -174,14 +199,16 @@ def verify_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Cal
         results.append(LayerVerification(
             layer=layer.name, prediction=lp, min_ratio=st.min_ratio, max_ratio=st.max_ratio, n_pairs=st.n_pairs,
             merged_before=st.merged_before, merged_after=st.merged_after,
-            holds=(st.violations == 0) if compared else None,
+            holds=(st.violations == 0) if compared and math.isfinite(lp.upper) else None,
             holds_certified=(st.band_violations[0] == 0) if compared and certified else None,
             violations=st.violations, margin=st.margin,
             tightness=dev / band if band > 0 else (0.0 if dev == 0 else math.inf),
             K_secant=st.max_secant / lp.lr if lp.lr else math.nan,
             checked="both bounds" if lp.lower > 0 else "upper bound only", certified_check=cert_check,
             violations_certified=st.band_violations[0] if certified else 0,
-            fold_index=st.fold_index if compared else None))
+            fold_index=st.fold_index if compared else None, max_abs_change=st.max_abs_change,
+            holds_additive=(st.additive_violations == 0) if st.max_abs_change is not None else None,
+            additive_violations=st.additive_violations))
     with torch.no_grad():
         loss_after = float(loss_fn(after_model, batch))
     skipped = tuple(f"{lp.layer}: {lp.reason}" for lp in prediction.layers if not lp.available)

@@ -10,8 +10,10 @@ Optimizers: each has a rule in :mod:`topoverify.rules` (a registry, :func:`topov
 the rule reads the step map and pre-step state of a layer and gives its constants (K, K_upper, K_eff, ...);
 this module turns them into T2's band and η* through :mod:`topoverify.symbolic`. Built in:
 ``torch.optim.SGD`` with or without momentum/Nesterov/dampening/weight decay/maximize, K_eff = |c_g| K + |c_b| ρ_b
-conditional on the buffer (T7(a), :mod:`topoverify.rules.sgd`). An optimizer without a rule (Adam, ...) or a
-subclass that overrides its parent's ``step`` gets an explicit "no prediction" rather than a guess.
+conditional on the buffer (T7(a), :mod:`topoverify.rules.sgd`); Adam, AdamW, NAdam, RAdam, Adamax, RMSprop and
+Adagrad, K_eff = λ_dec + L_g K + Σ_s ρ_s conditional on the state, with the additive bound δ beside it (T7(b),
+(c), :mod:`topoverify.rules.coordinatewise`). An optimizer without a rule (Rprop, LBFGS, ...) or a subclass that
+overrides its parent's ``step`` gets an explicit "no prediction" rather than a guess.
 Half-precision models are refused (see :func:`require_full_precision`).
 
 Estimates and certificates. ``K`` (power iteration at sampled points) and ``K_fold`` (Rayleigh quotients of
@@ -37,6 +39,7 @@ from topoverify.formatting import ResultMixin, fmt
 from topoverify.measure.field import block_samples
 from topoverify.measure.hessian import top_hessian_eigenvalue
 from topoverify.measure.merges import count_coincident_pairs
+from topoverify.measure.sampling import nearest_neighbors
 from topoverify.neurons.layouts import NeuronLayer, member_widths, neuron_cloud, resolve_layers
 from topoverify.neurons.preflight import preflight
 from topoverify.rules import LayerContext, StepMap, rule_for
@@ -74,6 +77,15 @@ class LayerPrediction(ResultMixin):
       ``lower_fold_certified`` = max(0, 1 − lr·mu_upper) (T3, one-sided form); ``certified_injective`` when
       lr·mu_upper < 1. This is the only injectivity claim the prediction makes beyond T2's.
 
+    Additive bound (T7(b), certified; coordinate-wise families): ``additive_delta`` = δ with
+    |‖θ'_i − θ'_j‖ − ‖D(θ_i − θ_j)‖| ≤ δ for every pair, D = diag(1 − lr·λ_dec) with each member's decoupled
+    decay (``decoupled_decay``, () without); it holds
+    whether or not the map is Lipschitz (sign rules, Adam's first step), and moves the absolute-scale Rips
+    diagrams by at most δ in bottleneck distance, so every feature longer than 2δ survives. ``sharper_bound``
+    says which certified bound allows the smaller change at the cloud's ``scale`` (the median
+    nearest-neighbour distance): "multiplicative" when lr·K_eff_upper·scale < δ, else "additive".
+    ``details``: the rule's named sub-constants (L_grad, rho_<state>, ...).
+
     ``lambda_layer`` is the top |eigenvalue| of the loss Hessian restricted to this layer (an estimate).
     """
 
@@ -109,6 +121,11 @@ class LayerPrediction(ResultMixin):
     eta_fold_certified: float | None = None
     lower_fold_certified: float | None = None
     certified_injective: bool = False
+    additive_delta: float | None = None
+    decoupled_decay: tuple[float, ...] = ()
+    scale: float | None = None
+    sharper_bound: str = "multiplicative"
+    details: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         if not self.available:
@@ -117,6 +134,9 @@ class LayerPrediction(ResultMixin):
         cert_fold = ("" if self.eta_fold_certified is None else
                      f", certified injective below lr={fmt(self.eta_fold_certified)}")
         why = f" [K_upper = inf: {self.K_upper_reason}]" if self.K_upper_reason else ""
+        if self.additive_delta is not None:
+            why += (f"; additive: every distance moves by <= {fmt(self.additive_delta)} (certified; "
+                    f"{self.sharper_bound} bound sharper at scale {fmt(self.scale)})")
         return (f"layer {self.layer} ({self.n_neurons} neurons, d={self.dim}, {self.activation}): "
                 f"K≈{fmt(self.K)} (estimate; certified <= {fmt(self.K_upper)}), lr={fmt(self.lr)}, "
                 f"lr*K_eff={fmt(self.lr * self.K_eff)}, eta*≈{fmt(self.eta_star)} (certified >= "
@@ -259,6 +279,10 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
     lo, up = ratio_bounds(c.K_eff, lr)
     lo_c, up_c = ratio_bounds(c.K_eff_upper, lr)
     eta_star, eta_star_c = float(eta_star_numeric(c.K_eff)), float(eta_star_numeric(c.K_eff_upper))
+    scale = sharper = None
+    if c.additive_delta is not None:
+        scale = median_neighbor_distance(cloud)
+        sharper = "multiplicative" if lr * c.K_eff_upper * scale < c.additive_delta else "additive"
     lam_layer = None
     if hessian:
         lam_layer = top_hessian_eigenvalue(model, loss_fn, batch, params=[m.name for m in layer.members],
@@ -271,7 +295,17 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
         certified_preserving=lr < eta_star_c, lambda_layer=lam_layer, K_fold=c.K_fold, eta_fold=eta_fold,
         n_points=c.n_points, argmax_neuron=c.argmax_neuron, merged_pairs=count_coincident_pairs(cloud),
         K_upper_reason=c.reason, mu_upper=c.mu_upper, eta_fold_certified=eta_fold_c,
-        lower_fold_certified=lower_fold_c, certified_injective=c.mu_upper is not None and lr < eta_fold_c), loss
+        lower_fold_certified=lower_fold_c, certified_injective=c.mu_upper is not None and lr < eta_fold_c,
+        additive_delta=c.additive_delta, decoupled_decay=step_map.decoupled_decay, scale=scale,
+        sharper_bound=sharper or "multiplicative", details=dict(c.details)), loss
+
+
+def median_neighbor_distance(cloud: torch.Tensor) -> float:
+    """The median over neurons of the distance to the nearest other neuron (0 for fewer than two)."""
+    if cloud.shape[0] < 2:
+        return 0.0
+    idx = nearest_neighbors(cloud, 1)[:, 0]
+    return float((cloud.to(torch.float64) - cloud.to(torch.float64)[idx]).norm(dim=1).median())
 
 
 __all__ = ["LayerPrediction", "StepPrediction", "predict_step", "buffer_ratio",

@@ -9,6 +9,11 @@ For each rate, :func:`sweep` trains a fresh copy of the scenario's model and rec
   :func:`topoverify.predict_step` with ``hessian=False, check_layout=False`` after one layout preflight at
   the start of the sweep; with the certified K_upper beside the estimate. Optimizers without a prediction
   (Adam, ...) are recorded as such and the topology part still runs;
+* T8's sharpness at every step, beside lr·K (``sharpness=True``): λ_max of the loss Hessian and, for Adam,
+  λ_max(P⁻¹H), by Lanczos warm-started from the previous step (``sharpness_iters`` steps at most, relative
+  residual recorded: estimates), with the optimizer's edge of stability from :mod:`topoverify.symbolic`
+  (:mod:`topoverify.experiments.sharpness_record`), so the edge of stability and the topological critical
+  point are read off one run;
 * persistence diagrams of the tracked layer's neuron cloud at the start, every ``every`` steps and at the end
   (the last finite state for a diverged run), robust Betti numbers with their uncertainty range
   (:func:`topoverify.topology.betti_report`: ``rule``, ``margin``), the largest log-persistence per dimension
@@ -44,6 +49,7 @@ from topoverify.checks.step_bounds import step_in_place
 from topoverify.checks.step_prediction import predict_step
 from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.experiments.scenarios import Scenario
+from topoverify.experiments.sharpness_record import SharpnessRecorder
 from topoverify.experiments.snapshots import (DEFAULT_MERGE_RTOL, TopologySnapshot, optimizer_state_cloud,
                                               topology_snapshot)
 from topoverify.experiments.sweep_result import RunRecord, SweepResult
@@ -98,6 +104,9 @@ class _RunSetup:
     margin: float
     roundoff_ulps: float
     collapse_orders: float
+    sharpness: bool = True
+    sharpness_iters: int = 20
+    sharpness_tol: float = 1e-3
 
     @property
     def tracked(self) -> NeuronLayer:
@@ -130,7 +139,12 @@ def _pick_layer(layers: list[NeuronLayer], which: str | int | None) -> int:
 
 
 def _validate_options(steps: int, every: int, lrs: list[float], rule: str, margin: float, roundoff_ulps: float,
-                      collapse_orders: float) -> None:
+                      collapse_orders: float, sharpness_iters: int = 20, sharpness_tol: float = 1e-3) -> None:
+    if isinstance(sharpness_iters, bool) or not isinstance(sharpness_iters, int) or sharpness_iters < 1:
+        raise TopoverifyError(f"sharpness_iters must be an integer >= 1 (Lanczos steps per measurement); got "
+                              f"{sharpness_iters!r}. Pass sharpness=False to switch the measurement off.")
+    if not (isinstance(sharpness_tol, (int, float)) and sharpness_tol > 0 and math.isfinite(sharpness_tol)):
+        raise TopoverifyError(f"sharpness_tol must be a finite number > 0 (relative residual); got {sharpness_tol!r}.")
     if not isinstance(steps, int) or steps < 0:
         raise TopoverifyError(f"steps must be an integer >= 0; got {steps!r}.")
     if not isinstance(every, int) or every < 1:
@@ -148,7 +162,8 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
           neighbors: int = 2, seed: int = 0, keep_diagrams: bool = True, progress: bool | None = None,
           rule: str | None = None, margin: float = topology.DEFAULT_MARGIN,
           roundoff_ulps: float = topology.DEFAULT_ROUNDOFF_ULPS,
-          collapse_orders: float = topology.DEFAULT_COLLAPSE_ORDERS) -> SweepResult:
+          collapse_orders: float = topology.DEFAULT_COLLAPSE_ORDERS, sharpness: bool = True,
+          sharpness_iters: int = 20, sharpness_tol: float = 1e-3) -> SweepResult:
     """Run ``scenario`` for ``steps`` steps at each rate in ``lrs`` (see the module docstring).
 
     ``make_optimizer(model, lr)`` builds the optimizer (e.g. :func:`sgd_factory`, :func:`adam_factory`).
@@ -160,12 +175,13 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
     (:func:`topoverify.topology.betti_report`); ``roundoff_ulps``,
     ``collapse_orders``: what counts as a merge (:class:`topoverify.topology.MergeTracker`). ``merge_rtol``:
     only for the informational ``distinct_tol`` count. ``predict=False`` skips the per-step K (faster; no ηK
-    record). ``progress``: a rich progress bar (default: only when stderr is a terminal). Never raises on
+    record). ``sharpness=False`` skips T8's per-step λ_max / λ_max(P⁻¹H) (at most ``sharpness_iters`` Lanczos
+    steps each, stopped at relative residual ``sharpness_tol``). ``progress``: a rich progress bar (default: only when stderr is a terminal). Never raises on
     divergence: it is recorded per run.
     """
     lrs = [float(v) for v in lrs]
     rule = getattr(scenario, "rule", "log2") if rule is None else rule
-    _validate_options(steps, every, lrs, rule, margin, roundoff_ulps, collapse_orders)
+    _validate_options(steps, every, lrs, rule, margin, roundoff_ulps, collapse_orders, sharpness_iters, sharpness_tol)
     maxdim = scenario.maxdim if maxdim is None else int(maxdim)
     n_perm = scenario.n_perm if (isinstance(n_perm, int) and not isinstance(n_perm, bool) and n_perm == -1) \
         else n_perm
@@ -179,7 +195,8 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
     setup = _RunSetup(scenario=scenario, make_optimizer=make_optimizer, steps=steps, every=every, layers=layers,
                       idx=idx, maxdim=maxdim, n_perm=n_perm, merge_rtol=merge_rtol, predict=predict,
                       power_iters=power_iters, neighbors=neighbors, seed=seed, keep_diagrams=keep_diagrams,
-                      rule=rule, margin=margin, roundoff_ulps=roundoff_ulps, collapse_orders=collapse_orders)
+                      rule=rule, margin=margin, roundoff_ulps=roundoff_ulps, collapse_orders=collapse_orders,
+                      sharpness=bool(sharpness), sharpness_iters=sharpness_iters, sharpness_tol=float(sharpness_tol))
 
     # the prediction from the initial state, before any step
     opt0 = make_optimizer(model0, lrs[0])
@@ -216,7 +233,8 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
         scenario=scenario.name, optimizer=opt_name, layer=setup.tracked.name, steps=steps, every=every,
         maxdim=maxdim, n_perm=n_perm, merge_rtol=merge_rtol, eta_star=eta_star, eta_star_certified=eta_star_cert,
         prediction_reason=reason, runs=runs, seconds=time.perf_counter() - t_start,
-        description=scenario.description, rule=rule, margin=float(margin))
+        description=scenario.description, rule=rule, margin=float(margin), sharpness_iters=sharpness_iters
+        if sharpness else 0, sharpness_tol=float(sharpness_tol))
 
 
 def _divergence_after_step(model: nn.Module, cloud: torch.Tensor, state: np.ndarray | None, t: int) -> str:
@@ -255,8 +273,12 @@ def _run(setup: _RunSetup, lr: float, prog: Progress | None = None, task: TaskID
     eta_K_up: list[float | None] = []
     available, reason = setup.predict, "" if setup.predict else _SWITCHED_OFF
     diverged_at, divergence = None, ""
+    recorder = SharpnessRecorder(scenario.loss_fn, setup.sharpness_iters, setup.sharpness_tol, setup.seed) \
+        if setup.sharpness else None
+    sharp: list = []
     for t in range(steps):
         batch = scenario.batch_at(t)
+        sh = recorder.measure(model, opt, batch) if recorder is not None else None  # T8, pre-step
         ek = eku = None
         if available:
             try:
@@ -277,6 +299,7 @@ def _run(setup: _RunSetup, lr: float, prog: Progress | None = None, task: TaskID
         losses.append(loss)
         eta_K.append(ek)
         eta_K_up.append(eku)
+        sharp.append(sh)
         if not math.isfinite(loss):
             diverged_at, divergence = t, f"loss {loss} at step {t}"
             break
@@ -304,4 +327,14 @@ def _run(setup: _RunSetup, lr: float, prog: Progress | None = None, task: TaskID
         eta_K_upper=eta_K_up, prediction_available=available and any(v is not None for v in eta_K) or
         (available and steps == 0), prediction_reason=reason, snapshots=snapshots,
         diverged=diverged_at is not None, diverged_at=diverged_at, divergence=divergence,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, **_sharpness_fields(sharp, recorder))
+
+
+def _sharpness_fields(sharp: list, recorder: SharpnessRecorder | None) -> dict:
+    """RunRecord's T8 arrays from the per-step measurements (empty when ``sharpness=False``)."""
+    if recorder is None:
+        return dict(sharpness_reason="sharpness switched off (sharpness=False)")
+    return dict(lambda_max=[s.lambda_max for s in sharp], precond_sharpness=[s.precond for s in sharp],
+                eos_threshold=[s.edge for s in sharp], sharpness_residual=[s.residual for s in sharp],
+                sharpness_seconds=sum(s.seconds for s in sharp), sharpness_reason=recorder.reason,
+                eos_quantity=recorder.kind)

@@ -10,13 +10,14 @@ reported as *uncertain*, not as a change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from rich.table import Table
 
 from topoverify import topology
+from topoverify.experiments.sharpness_record import PRECONDITIONED
 from topoverify.experiments.snapshots import TopologySnapshot
 from topoverify.formatting import ResultMixin, fmt, jsonable
 from topoverify.symbolic import epsilon_numeric
@@ -34,6 +35,11 @@ class RunRecord(ResultMixin):
     no prediction), ``eta_K_upper[t]`` with the certified K. ``diverged_at`` is the step t whose update
     produced the first non-finite loss or parameter (the loss at θ_t itself when ``divergence`` says so).
     ``snapshots`` start with step 0 and end with the last finite state.
+
+    T8 (``sharpness=True``): ``lambda_max[t]`` ≈ λ_max of the loss Hessian at θ_t, ``precond_sharpness[t]`` ≈
+    λ_max(P⁻¹H) for Adam (None at t = 0: no preconditioner before the first step), ``eos_threshold[t]`` the
+    edge on ``eos_quantity`` (lr·λ_max for SGD, lr·λ_max(P⁻¹H) for Adam), ``sharpness_residual[t]`` the
+    relative Lanczos residual of that quantity: estimates, not bounds. ``sharpness_seconds``: their cost.
     """
 
     lr: float
@@ -50,6 +56,42 @@ class RunRecord(ResultMixin):
     diverged_at: int | None = None
     divergence: str = ""
     seconds: float = 0.0
+    lambda_max: list[float | None] = field(default_factory=list)
+    precond_sharpness: list[float | None] = field(default_factory=list)
+    eos_threshold: list[float | None] = field(default_factory=list)
+    sharpness_residual: list[float | None] = field(default_factory=list)
+    eos_quantity: str = ""
+    sharpness_reason: str = ""
+    sharpness_seconds: float = 0.0
+
+    @property
+    def eos_ratio(self) -> list[float | None]:
+        """T8: lr·S_t / edge_t per step, S = λ_max(H) (SGD) or λ_max(P⁻¹H) (Adam); ≥ 1 is past the edge of
+        stability of the quadratic model (None where not measured)."""
+        values = self.precond_sharpness if self.eos_quantity == PRECONDITIONED else self.lambda_max
+        return [None if s is None or e is None or not e else self.lr * s / e
+                for s, e in zip(values, self.eos_threshold)]
+
+    @property
+    def max_eos_ratio(self) -> float | None:
+        vals = [v for v in self.eos_ratio if v is not None]
+        return max(vals) if vals else None
+
+    @property
+    def max_eos_ratio_step(self) -> int | None:
+        vals = [(v, t) for t, v in enumerate(self.eos_ratio) if v is not None]
+        return max(vals)[1] if vals else None
+
+    @property
+    def first_eos_step(self) -> int | None:
+        """The first step whose lr·S reached its edge (ratio ≥ 1), None if none did."""
+        return next((t for t, v in enumerate(self.eos_ratio) if v is not None and v >= 1), None)
+
+    @property
+    def max_lr_lambda_max(self) -> float | None:
+        """max_t lr·λ_max(H) (to set beside max lr·K: T8 (b), K can be far below λ_max)."""
+        vals = [self.lr * v for v in self.lambda_max if v is not None]
+        return max(vals) if vals else None
 
     @property
     def initial(self) -> TopologySnapshot:
@@ -172,7 +214,8 @@ class RunRecord(ResultMixin):
         d = super().to_dict()
         for name in ("max_eta_K", "max_eta_K_step", "max_eta_K_before_change", "max_eta_K_upper", "steps_above_one",
                      "betti_changed", "start_uncertain", "merged", "distinct_changed", "topology_changed",
-                     "first_change_step", "first_uncertain_step", "verdict"):
+                     "first_change_step", "first_uncertain_step", "verdict", "eos_ratio", "max_eos_ratio",
+                     "max_eos_ratio_step", "first_eos_step", "max_lr_lambda_max"):
             d[name] = jsonable(getattr(self, name))
         return d
 
@@ -180,9 +223,17 @@ class RunRecord(ResultMixin):
         div = f", DIVERGED at step {self.diverged_at} ({self.divergence})" if self.diverged else ""
         unc = " (start UNCERTAIN)" if self.start_uncertain else ""
         return (f"lr={fmt(self.lr)}: {self.steps_run}/{self.steps} steps, final loss {fmt(self.final_loss)}{div}; "
-                f"max lr*K {fmt(self.max_eta_K)} (step {self.max_eta_K_step}); Betti {self.initial.betti}{unc} -> "
+                f"max lr*K {fmt(self.max_eta_K)} (step {self.max_eta_K_step}); "
+                f"{self._eos_text()}Betti {self.initial.betti}{unc} -> "
                 f"{self.final.betti}, merged by collapse {self.merged} (distinct {self.initial.distinct} -> "
                 f"{self.final.distinct}); verdict {self.verdict}")
+
+    def _eos_text(self) -> str:
+        if self.max_eos_ratio is None:
+            return ""
+        first = "" if self.first_eos_step is None else f", first >= 1 at step {self.first_eos_step}"
+        return (f"max {self.eos_quantity}/edge {fmt(self.max_eos_ratio, 3)} (step {self.max_eos_ratio_step}"
+                f"{first}); ")
 
 
 @dataclass(frozen=True)
@@ -215,6 +266,8 @@ class SweepResult(ResultMixin):
     description: str = ""
     rule: str = "log2"
     margin: float = topology.DEFAULT_MARGIN
+    sharpness_iters: int = 0   # Lanczos budget per T8 measurement (0: not measured)
+    sharpness_tol: float = 1e-3
 
     @property
     def lrs(self) -> list[float]:
@@ -266,6 +319,11 @@ class SweepResult(ResultMixin):
         """The smallest rate whose run had lr·K_eff ≥ 1 at some step (T8)."""
         return self._first(lambda r: r.max_eta_K is not None and r.max_eta_K >= 1)
 
+    @property
+    def eos_lr(self) -> float | None:
+        """The smallest rate whose run reached its edge of stability (max lr·S/edge ≥ 1) at some step (T8)."""
+        return self._first(lambda r: r.max_eos_ratio is not None and r.max_eos_ratio >= 1)
+
     def run(self, lr: float) -> RunRecord:
         for r in self.runs:
             if r.lr == lr:
@@ -274,7 +332,7 @@ class SweepResult(ResultMixin):
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        for name in ("onset_lr", "onset_lr_transient", "onset_lr_before_divergence", "divergence_lr", "phase2_lr",
+        for name in ("onset_lr", "onset_lr_transient", "onset_lr_before_divergence", "divergence_lr", "phase2_lr", "eos_lr",
                      "start_uncertain", "start_range", "uncertain_lrs"):
             d[name] = jsonable(getattr(self, name))
         return d
@@ -284,15 +342,16 @@ class SweepResult(ResultMixin):
                         f"(layer {self.layer}; predicted eta* = {fmt(self.eta_star)}, certified "
                         f"{fmt(self.eta_star_certified)})")
         for c in ("lr", "lr/eta*", "max lr*K (step)", "before change", "max lr*K_cert", "steps lr*K>=1", "final loss",
-                  "diverged at", "Betti start->end", "merged", "max H1 log-pers", "changed"):
+                  "max lr*S/edge (step)", "diverged at", "Betti start->end", "merged", "max H1 log-pers", "changed"):
             t.add_column(c, justify="right")
         for r in self.runs:
             ratio = "n/a" if not self.eta_star else fmt(r.lr / self.eta_star, 3)
             mk = "n/a" if r.max_eta_K is None else f"{fmt(r.max_eta_K, 3)} ({r.max_eta_K_step})"
             h1 = fmt(r.final.max_log_persistence[0], 3) if r.final.max_log_persistence else "-"
+            eos = "n/a" if r.max_eos_ratio is None else f"{fmt(r.max_eos_ratio, 3)} ({r.max_eos_ratio_step})"
             t.add_row(fmt(r.lr), ratio, mk, fmt(r.max_eta_K_before_change, 3), fmt(r.max_eta_K_upper, 3),
                       "n/a" if not r.prediction_available else str(r.steps_above_one),
-                      fmt(r.final_loss), "-" if not r.diverged else f"{r.diverged_at}",
+                      fmt(r.final_loss), eos, "-" if not r.diverged else f"{r.diverged_at}",
                       f"{r.initial.betti}{'?' if r.initial.uncertain else ''}->{r.final.betti}"
                       f"{'?' if r.final.uncertain else ''}", str(r.merged), h1,
                       {"changed": "yes", "transient": "transient", "uncertain": "uncertain", "kept": "no"}[r.verdict])
@@ -312,8 +371,14 @@ class SweepResult(ResultMixin):
                 f"onset of topology change at lr = {fmt(self.onset_lr)} (transient: "
                 f"{fmt(self.onset_lr_transient)}; recorded before any divergence: "
                 f"{fmt(self.onset_lr_before_divergence)}); first rate with lr*K >= 1 along the run: "
-                f"{fmt(self.phase2_lr)}; divergence from lr = {fmt(self.divergence_lr)}{unc}"
+                f"{fmt(self.phase2_lr)}; {self._eos_text()}divergence from lr = {fmt(self.divergence_lr)}{unc}"
                 + (f". No prediction: {self.prediction_reason}" if self.prediction_reason else ""))
+
+    def _eos_text(self) -> str:
+        if not self.sharpness_iters:
+            return ""
+        return (f"first rate past its edge of stability (lr*S >= edge, T8; <= {self.sharpness_iters} Lanczos steps, "
+                f"tol {fmt(self.sharpness_tol, 3)}): {fmt(self.eos_lr)}; ")
 
     def __str__(self) -> str:
         return render(self.table(), self.summary(), width=160) + "\n"

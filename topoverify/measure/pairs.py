@@ -58,6 +58,8 @@ class RatioStats:
     fold_index: float = -math.inf
     band_violations: tuple[int, ...] = ()
     band_margins: tuple[float, ...] = ()
+    max_abs_change: float | None = None  # max over all pairs of |‖Δθ'‖ − ‖DΔθ‖| (with ``additive`` given)
+    additive_violations: int = 0         # pairs whose change exceeds δ beyond the round-off tolerance
 
 
 def _accurate_cdist(X: torch.Tensor, s: int, e: int, norms: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,14 +90,19 @@ def _accurate_inner(M: torch.Tensor, X: torch.Tensor, s: int, e: int, close: tor
 
 
 def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: float,
-                rel_tol: float | None = None, *, bands: tuple[tuple[float, float], ...] = ()) -> RatioStats:
+                rel_tol: float | None = None, *, bands: tuple[tuple[float, float], ...] = (),
+                additive: tuple[float | torch.Tensor, float] | None = None) -> RatioStats:
     """Hold the ratio bounds [lower, upper] (and each extra band in ``bands``) against every pair (T2). A pair
     violates when ‖Δθ'‖ > upper‖Δθ‖ + tol_ij or ‖Δθ'‖ < lower‖Δθ‖ − tol_ij, where
     tol_ij = c·eps·√d·(m_i + m_j + m'_i + m'_j) is a round-off allowance from the pair's own magnitudes
     (m = max |coordinate| of a row, before and after; eps of the clouds' dtype; c = 8 unless ``rel_tol``
     replaces c·eps). Distances are computed in float64 on clouds rescaled by a power of two (no overflow for
     any finite cloud), accurately for close pairs. Raises :class:`NonFiniteError` if a cloud holds NaN/Inf
-    or a distance exceeds the float64 range: a non-finite result is never a pass."""
+    or a distance exceeds the float64 range: a non-finite result is never a pass.
+
+    ``additive`` = (D, δ) also holds T7(b)'s additive bound |‖Δθ'‖ − ‖DΔθ‖| ≤ δ against every pair, merged
+    pairs included, with the same round-off allowance; D is a scalar or a per-coordinate vector (the decoupled
+    decay's 1 − lr·λ_k; its sign does not matter, only ‖DΔθ‖)."""
     if not (bool(torch.isfinite(before).all()) and bool(torch.isfinite(after).all())):
         raise NonFiniteError("the neuron cloud holds NaN/Inf, so pairwise distance ratios are not defined.")
     n, d = before.shape[0], (before.shape[1] if before.dim() == 2 else 1)
@@ -114,12 +121,29 @@ def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: 
     rmin, rmax, count, m0, m1, margin, secant, fold = math.inf, -math.inf, 0, 0, 0, math.inf, 0.0, -math.inf
     viol = [0] * len(all_bands)
     margins = [math.inf] * len(all_bands)
+    abs_change, add_viol = (0.0 if additive is not None and n > 1 else None), 0
+    scale_cloud = None
+    if additive is not None and isinstance(additive[0], torch.Tensor):
+        dvec = additive[0].to(torch.float64).reshape(1, -1)
+        s64 = b64 * dvec
+        e3 = _pow2_exponent(s64)
+        scale_cloud = (_scaled(s64, e3), e3)
+        scale_cloud = (*scale_cloud, scale_cloud[0].norm(dim=1))
     for s, e in row_chunks(n, n):
         upper_mask = torch.arange(n)[None, :] > torch.arange(s, e)[:, None]
         d0 = _unscaled(_accurate_cdist(B, s, e, nb), e0)
         d1 = _unscaled(_accurate_cdist(A, s, e, na), e1)
         if not (bool(torch.isfinite(d0).all()) and bool(torch.isfinite(d1).all())):
             raise NonFiniteError("a pairwise distance exceeds the float64 range; the step has diverged.")
+        if additive is not None and bool(upper_mask.any()):
+            if scale_cloud is None:
+                ds = abs(float(additive[0])) * d0
+            else:
+                ds = _unscaled(_accurate_cdist(scale_cloud[0], s, e, scale_cloud[2]), scale_cloud[1])
+            change = (d1 - ds)[upper_mask].abs()
+            tol_all = (c_eps * math.sqrt(d) * (mag[s:e, None] + mag[None, :]))[upper_mask]
+            abs_change = max(abs_change, float(change.max()))
+            add_viol += int((change > additive[1] + tol_all).sum())
         m0 += int(((d0 == 0) & upper_mask).sum())
         m1 += int(((d1 == 0) & upper_mask).sum())
         valid = upper_mask & (d0 > 0)
@@ -139,7 +163,7 @@ def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: 
         inner = _accurate_inner(Mv, B, s, e, close)[valid]
         fold = max(fold, _ldexp(float((-inner / (d0s * d0s)).max()), e2 - e0))
     return RatioStats(rmin, rmax, count, m0, m1, viol[0], margins[0], secant, fold, tuple(viol[1:]),
-                      tuple(margins[1:]))
+                      tuple(margins[1:]), abs_change, add_viol)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,6 +184,8 @@ def max_pair_ratio(X: torch.Tensor, Y: torch.Tensor) -> float:
     if n < 2:
         return 0.0
     X, Y = X.reshape(n, -1), Y.reshape(n, -1)
+    if bool((Y == Y[:1]).all()):  # every y_i equal: every ratio is exactly 0 (and no pair needs screening)
+        return 0.0
     dt = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float64
     ex, ey = _pow2_exponent(X.to(torch.float64)), _pow2_exponent(Y.to(torch.float64))
     X64, Y64 = _scaled(X.to(torch.float64), ex), _scaled(Y.to(torch.float64), ey)

@@ -28,10 +28,20 @@ from topoverify.neurons.layouts import NeuronLayer
 
 @dataclass(frozen=True)
 class StepMap(ResultMixin):
-    """One optimizer step on one layer, as a map of the neuron cloud: θ ↦ θ − lr (c_g (g + Λθ) + c_b b).
+    """One optimizer step on one layer, as a map of the neuron cloud: θ ↦ θ − lr (c_g (g + Λθ) + c_b b) for
+    SGD, θ ↦ (1 − lr·λ_dec) θ − lr φ(g + Λθ, s) for the coordinate-wise families (T7(c)).
 
-    ``state`` holds the pre-step state clouds the rule read (name → N×d, e.g. SGD's ``"momentum_buffer"``);
-    it is not serialized, and the copy kept in a :class:`LayerPrediction` drops it (memory)."""
+    ``state`` holds the pre-step state clouds the rule read (name → N×d, e.g. SGD's ``"momentum_buffer"``,
+    Adam's ``"exp_avg"``); it is not serialized, and the copy kept in a :class:`LayerPrediction` drops it
+    (memory). ``family``: the name of the coordinate-wise map (:data:`topoverify.rules.maps.FAMILIES`; "" for
+SGD's linear form). ``hyper``: the family's hyper-parameters and step count as read (β's, ε, t, ...);
+    ``decoupled_decay``: each member's decoupled weight decay λ_dec (AdamW; () without one): the step first
+    scales coordinate k by 1 − lr·λ_dec,k."""
+
+    @property
+    def max_decoupled_decay(self) -> float:
+        """The largest decoupled decay (0 without): what enters K_eff."""
+        return max(self.decoupled_decay, default=0.0)
 
     optimizer: str
     lr: float
@@ -40,8 +50,11 @@ class StepMap(ResultMixin):
     weight_decay: tuple[float, ...]  # per member parameter
     description: str
     maximize: bool = False  # the update is −g + λθ: its Jacobian is −∇²Φ + Λ
+    family: str = field(default="", kw_only=True)
+    hyper: Mapping[str, float] = field(default_factory=dict, kw_only=True)
+    decoupled_decay: tuple[float, ...] = field(default=(), kw_only=True)
     state: Mapping[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False,
-                                              metadata=NOT_SERIALIZED)
+                                              metadata=NOT_SERIALIZED, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -87,15 +100,17 @@ class RuleConstants:
     K_fold: float | None = None
     mu_upper: float | None = None
     reason: str = ""
+    additive_delta: float | None = None
+    details: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("K", "K_upper", "K_eff", "K_eff_upper", "momentum_rho", "K_fold", "mu_upper"):
+        for name in ("K", "K_upper", "K_eff", "K_eff_upper", "momentum_rho", "K_fold", "mu_upper", "additive_delta"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or math.isnan(v)):
                 raise NonFiniteError(f"the rule's constants give {name}={v!r}; every constant must be a float "
                                      f"(inf allowed, never NaN). Fix the rule's constants function.")
-        for name in ("K", "K_upper", "K_eff", "K_eff_upper"):
-            if getattr(self, name) < 0:
+        for name in ("K", "K_upper", "K_eff", "K_eff_upper", "additive_delta"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise TopoverifyError(f"the rule's constants give {name}={getattr(self, name)!r} < 0; a Lipschitz "
                                       f"constant is >= 0. Fix the rule's constants function.")
 

@@ -98,9 +98,8 @@ def rule_for(optimizer: torch.optim.Optimizer) -> OptimizerRule:
             f"step), register a rule for {name} with topoverify.register_rule, or check the rule's equivariance "
             f"with topoverify.equivariance_error.")
     raise UnsupportedError(
-        f"no prediction for {name} yet: no rule is registered for it. K for adaptive and stateful rules needs "
-        f"the extended state space (θ, m, v) of claim T7, which is not implemented in this version. Supported: "
-        f"{_names()}. A rule for another optimizer can be added with topoverify.register_rule({name}, "
+        f"no prediction for {name} yet: no rule is registered for it, and K is optimizer-specific (claim T7), "
+        f"so no other optimizer's formula is used. Supported: {_names()}. A rule for another optimizer can be added with topoverify.register_rule({name}, "
         f"OptimizerRule(read=..., constants=...)).")
 
 

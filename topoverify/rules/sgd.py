@@ -67,7 +67,7 @@ def read_sgd(optimizer: torch.optim.SGD, model: nn.Module, layer: NeuronLayer) -
         cg, cb = sgd_momentum_coefficients_numeric(mu, tau, nesterov=nesterov, first_step=first)
         desc = ("SGD momentum, first step (buffer = gradient)" if first else
                 f"SGD {'Nesterov' if nesterov else 'heavy-ball'} momentum (conditional on the buffer)")
-    return StepMap(type(optimizer).__name__, lr, cg, cb, wd, desc, bool(ref["maximize"]), state)
+    return StepMap(type(optimizer).__name__, lr, cg, cb, wd, desc, bool(ref["maximize"]), state=state)
 
 
 def sgd_constants(step_map: StepMap, ctx: LayerContext) -> RuleConstants:

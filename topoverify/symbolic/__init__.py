@@ -10,10 +10,15 @@ The names listed under ``sympy =`` in ``spec/claims.toml`` are attributes of thi
 * T6 ``absorbing_symmetry_residuals``
 * T7 ``additive_step_bounds`` (``ADDITIVE_DELTA`` = 2 eta sup|u|, ``sign_rule_sup_norm``, and the momentum
   coefficients ``sgd_momentum_coefficients`` with ``momentum_K_eff``)
-* T8 ``solve_gd_quadratic_stability`` (``EDGE_OF_STABILITY`` = 2/lambda, ``collective_mode_example``)
+  and T7(c)'s per-coordinate maps of the adaptive families (``SQRT_MAP``, ``MAX_MAP``, ``CENTERED_MAP``,
+  ``LINEAR_MAP``, ``family_coefficients``, :mod:`.adaptive`)
+* T8 ``solve_gd_quadratic_stability`` (``EDGE_OF_STABILITY`` = 2/lambda, ``collective_mode_example``), and the
+  thresholds of momentum and Adam from the Jury conditions (``rate_stability_interval``, ``MOMENTUM_EDGE``,
+  ``ADAM_EDGE``)
 
 Modules: :mod:`.bounds` (T2–T5 and their numeric forms), :mod:`.summary` (all of them for one (K, lr, steps)),
-:mod:`.equivariance` (T1, T6), :mod:`.optimizer_steps` (T7), :mod:`.stability` (T8).
+:mod:`.equivariance` (T1, T6), :mod:`.optimizer_steps` (T7(a), (b)), :mod:`.adaptive` (T7(c)),
+:mod:`.stability` (T8).
 """
 
 from topoverify.symbolic.bounds import (
@@ -65,8 +70,18 @@ from topoverify.symbolic.optimizer_steps import (
     sign_rule_sup_norm,
 )
 from topoverify.symbolic.stability import (
+    ADAM_EDGE,
+    BETA1,
     EDGE_OF_STABILITY,
+    H_RATE,
     LAM,
+    MOMENTUM_EDGE,
+    StabilityRegion,
+    adam_edge_numeric,
+    adam_ema_transition,
+    momentum_edge_numeric,
+    momentum_transition,
+    rate_stability_interval,
     CollectiveModeExample,
     collective_mode_example,
     edge_of_stability_numeric,
@@ -74,6 +89,16 @@ from topoverify.symbolic.stability import (
     solve_gd_quadratic_stability,
 )
 from topoverify.symbolic.summary import BoundSummary, bound_summary
+from topoverify.symbolic.adaptive import (
+    CENTERED_MAP,
+    LINEAR_MAP,
+    MAX_MAP,
+    SQRT_GRAD_BOUND,
+    SQRT_MAP,
+    SQRT_SUP_BOUND,
+    adam_apriori_ratio_bound,
+    family_coefficients,
+)
 from topoverify.symbolic.equivariance import (
     SymbolicRule,
     absorbing_symmetry_residuals,
@@ -85,6 +110,10 @@ from topoverify.symbolic.equivariance import (
 )
 
 __all__ = [
+    "ADAM_EDGE", "BETA1", "H_RATE", "MOMENTUM_EDGE", "StabilityRegion", "adam_edge_numeric", "adam_ema_transition",
+    "momentum_edge_numeric", "momentum_transition", "rate_stability_interval",
+    "SQRT_MAP", "MAX_MAP", "CENTERED_MAP", "LINEAR_MAP", "SQRT_GRAD_BOUND", "SQRT_SUP_BOUND", "family_coefficients",
+    "adam_apriori_ratio_bound",
     "ADDITIVE_DELTA",
     "DIM",
     "DIST",
