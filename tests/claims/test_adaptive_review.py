@@ -158,3 +158,17 @@ def test_tensor_hyper_parameters_widen_the_rounding_margin():
     assert sm.hyper["float32_coefficients"] == 1.0
     lv = verify_step(m, o, _mse, b, hessian=False).layers[0]
     assert lv.holds_additive is True and lv.holds_certified is not False
+
+
+def test_max_pair_ratios_shares_one_pass_and_agrees_with_each_single_ratio():
+    from topoverify.measure.pairs import max_pair_ratio, max_pair_ratios
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(40, 5, generator=g, dtype=F64)
+    X[7] = X[3]  # a coincident pair
+    Y1 = torch.randn(40, 7, generator=g, dtype=F64)
+    Y1[7] = Y1[3]  # same state on the coincident pair: finite
+    Y2 = Y1.clone()
+    Y2[7, 0] += 1.0  # a different state on it: inf
+    Y3 = torch.ones(40, 2, dtype=F64)  # constant: 0
+    got = max_pair_ratios(X, [Y1, Y2, Y3])
+    assert got == [max_pair_ratio(X, Y1), math.inf, 0.0] and 0 < got[0] < math.inf

@@ -180,51 +180,76 @@ def max_pair_ratio(X: torch.Tensor, Y: torch.Tensor) -> float:
     near-maximal ones and every pair too close to resolve) are recomputed from differences in float64. No
     pair is skipped unless its ratio is provably below one that was computed exactly.
     """
+    return max_pair_ratios(X, [Y])[0]
+
+
+def max_pair_ratios(X: torch.Tensor, Ys: list[torch.Tensor]) -> list[float]:
+    """:func:`max_pair_ratio` of X against each of ``Ys``, sharing X's Gram matrix (one pass over the pairs)."""
     n = X.shape[0]
     if n < 2:
-        return 0.0
-    X, Y = X.reshape(n, -1), Y.reshape(n, -1)
-    if bool((Y == Y[:1]).all()):  # every y_i equal: every ratio is exactly 0 (and no pair needs screening)
-        return 0.0
+        return [0.0 for _ in Ys]
+    X = X.reshape(n, -1)
     dt = X.dtype if X.dtype in (torch.float32, torch.float64) else torch.float64
-    ex, ey = _pow2_exponent(X.to(torch.float64)), _pow2_exponent(Y.to(torch.float64))
-    X64, Y64 = _scaled(X.to(torch.float64), ex), _scaled(Y.to(torch.float64), ey)
-    Xs, Ys = X64.to(dt), Y64.to(dt)
-    u = torch.finfo(dt).eps / 2
-    tiny = torch.finfo(dt).tiny
-    gx, gy = gamma(X.shape[1] + 2, u), gamma(Y.shape[1] + 2, u)
-    nx, ny = X64.norm(dim=1), Y64.norm(dim=1)
-    qx, qy = (Xs * Xs).sum(dim=1).to(torch.float64), (Ys * Ys).sum(dim=1).to(torch.float64)
-    best, best_r = 0.0, 0.0
+    u, tiny = torch.finfo(dt).eps / 2, torch.finfo(dt).tiny
+    ex = _pow2_exponent(X.to(torch.float64))
+    X64 = _scaled(X.to(torch.float64), ex)
+    Xs = X64.to(dt)
+    gx, nx = gamma(X.shape[1] + 2, u), X64.norm(dim=1)
+    qx = (Xs * Xs).sum(dim=1).to(torch.float64)
+    out: list[float | None] = [None] * len(Ys)
+    todo = []
+    for k, Y in enumerate(Ys):
+        Y = Y.reshape(n, -1)
+        if bool((Y == Y[:1]).all()):  # every y_i equal: every ratio is exactly 0 (no pair needs screening)
+            out[k] = 0.0
+            continue
+        ey = _pow2_exponent(Y.to(torch.float64))
+        Y64 = _scaled(Y.to(torch.float64), ey)
+        Ysc = Y64.to(dt)
+        todo.append(dict(k=k, ey=ey, Y64=Y64, Ys=Ysc, gy=gamma(Y.shape[1] + 2, u), ny=Y64.norm(dim=1),
+                         qy=(Ysc * Ysc).sum(dim=1).to(torch.float64), best=0.0, best_r=0.0, inf=False))
+    width = max([X.shape[1]] + [t["Y64"].shape[1] for t in todo])
     for s, e in row_chunks(n, n):
+        if not todo:
+            break
         upper_mask = torch.arange(n)[None, :] > torch.arange(s, e)[:, None]
         dx2 = qx[s:e, None] + qx[None, :] - 2 * (Xs[s:e] @ Xs.T).to(torch.float64)
-        dy2 = qy[s:e, None] + qy[None, :] - 2 * (Ys[s:e] @ Ys.T).to(torch.float64)
         err_x = 2 * gx * (nx[s:e, None] + nx[None, :]) ** 2 * (1 + 1e-6) + X.shape[1] * tiny * 4
-        err_y = 2 * gy * (ny[s:e, None] + ny[None, :]) ** 2 * (1 + 1e-6) + Y.shape[1] * tiny * 4
-        lo2 = (dy2 - err_y).clamp_min(0) / (dx2 + err_x)
-        hi2 = torch.where(dx2 - err_x > 0, (dy2 + err_y) / (dx2 - err_x).clamp_min(1e-300),
-                          torch.full_like(dx2, math.inf))
-        lo2 = torch.where(upper_mask, lo2, torch.zeros_like(lo2))
-        best = max(best, float(lo2.max()) if lo2.numel() else 0.0)
-        cand = upper_mask & (hi2 >= best * (1 - 1e-9))
-        i, j = cand.nonzero(as_tuple=True)
-        for k0, k1 in row_chunks(i.numel(), X.shape[1] + Y.shape[1], GATHER_ELEMENTS):
-            ii, jj = i[k0:k1] + s, j[k0:k1]
-            ddx, ddy = X64[ii] - X64[jj], Y64[ii] - Y64[jj]
-            same = (ddx == 0).all(dim=1)
-            if bool((same & (ddy != 0).any(dim=1)).any()):
-                return math.inf
-            if bool((~same).any()):
-                r = _exact_pair_ratios(ddx[~same], ddy[~same])
-                best_r = max(best_r, float(r.max()))
-                best = max(best, best_r * best_r)
-    # exact-difference ratios carry relative error ≤ γ_{d+4} in each squared norm (no underflow: each pair's
-    # differences are rescaled by their own power of two before squaring)
-    rel = (1 + gamma(Y.shape[1] + 4, U64)) / (1 - gamma(X.shape[1] + 4, U64))
-    # every pruned pair has ratio² < best ≤ max(a candidate's lower end, candidates' exact ratio²), and the pair
-    # with the largest lower end is itself a candidate, so the largest exact ratio bounds them all
-    return _ldexp(best_r * math.sqrt(rel) * (1 + 8 * U64), ey - ex)
+        for t in todo:
+            if t["inf"]:
+                continue
+            Y64, Ysc, ny, qy = t["Y64"], t["Ys"], t["ny"], t["qy"]
+            dy2 = qy[s:e, None] + qy[None, :] - 2 * (Ysc[s:e] @ Ysc.T).to(torch.float64)
+            err_y = 2 * t["gy"] * (ny[s:e, None] + ny[None, :]) ** 2 * (1 + 1e-6) + Y64.shape[1] * tiny * 4
+            lo2 = (dy2 - err_y).clamp_min(0) / (dx2 + err_x)
+            hi2 = torch.where(dx2 - err_x > 0, (dy2 + err_y) / (dx2 - err_x).clamp_min(1e-300),
+                              torch.full_like(dx2, math.inf))
+            lo2 = torch.where(upper_mask, lo2, torch.zeros_like(lo2))
+            t["best"] = max(t["best"], float(lo2.max()) if lo2.numel() else 0.0)
+            cand = upper_mask & (hi2 >= t["best"] * (1 - 1e-9))
+            i, j = cand.nonzero(as_tuple=True)
+            for k0, k1 in row_chunks(i.numel(), 2 * width, GATHER_ELEMENTS):
+                ii, jj = i[k0:k1] + s, j[k0:k1]
+                ddx, ddy = X64[ii] - X64[jj], Y64[ii] - Y64[jj]
+                same = (ddx == 0).all(dim=1)
+                if bool((same & (ddy != 0).any(dim=1)).any()):
+                    t["inf"] = True
+                    break
+                if bool((~same).any()):
+                    r = _exact_pair_ratios(ddx[~same], ddy[~same])
+                    t["best_r"] = max(t["best_r"], float(r.max()))
+                    t["best"] = max(t["best"], t["best_r"] * t["best_r"])  # inf, not OverflowError
+    for t in todo:
+        if t["inf"]:
+            out[t["k"]] = math.inf
+            continue
+        # exact-difference ratios carry relative error ≤ γ_{d+4} in each squared norm (no underflow: each pair's
+        # differences are rescaled by their own power of two before squaring)
+        rel = (1 + gamma(t["Y64"].shape[1] + 4, U64)) / (1 - gamma(X.shape[1] + 4, U64))
+        # every pruned pair has ratio² < best ≤ max(a candidate's lower end, candidates' exact ratio²), and the
+        # pair with the largest lower end is itself a candidate, so the largest exact ratio bounds them all
+        out[t["k"]] = _ldexp(t["best_r"] * math.sqrt(rel) * (1 + 8 * U64), t["ey"] - ex)
+    return out
 
 
 def _exact_pair_ratios(ddx: torch.Tensor, ddy: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,7 @@ from topoverify.errors import NonFiniteError, UnsupportedError
 from topoverify.neurons.layouts import NeuronLayer
 
 from topoverify.rules.base import OptimizerRule, StepMap
-from topoverify.rules.coordinatewise import (check_hyper, float32_coefficients, member_groups, read_state,
-                                             shared_hyper)
+from topoverify.rules.reading import check_hyper, float32_coefficients, member_groups, read_state, shared_hyper
 from topoverify.rules.maps import family_constants
 from topoverify.rules.registry import register_rule
 from topoverify.symbolic.adaptive import family_coefficients

@@ -26,16 +26,15 @@ pairs that close first): values at sampled points, below the certified sups.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
-from topoverify.measure.pairs import max_pair_ratio
+from topoverify.measure.pairs import max_pair_ratios
 from topoverify.measure.sampling import nearest_neighbors
-from topoverify.neurons.layouts import NeuronLayer, neuron_cloud
+from topoverify.neurons.layouts import NeuronLayer
 from topoverify.rules.base import LayerContext, OptimizerRule, RuleConstants, StepMap
 from topoverify.rules.jacobian import jacobian_constants
 
@@ -44,8 +43,6 @@ Hyper = Mapping[str, float]
 _ROUND_UP = 1 + 1e-9  # certified constants are computed in float64; this covers their rounding
 #: torch computes the coefficients in float32 when a hyper-parameter is a tensor or ``capturable=True``
 _ROUND_UP_FLOAT32 = 1 + 1e-5
-#: states that torch's recursion keeps ≥ 0 (sums or maxima of squares and absolute values)
-NONNEGATIVE_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "exp_inf"})
 GRID_POINTS = 5  # gradient values per column at which the derivative estimates are sampled
 
 
@@ -69,116 +66,6 @@ class CoordinateFamily:
     sup_bound: Callable[[Mapping[str, torch.Tensor], Hyper], torch.Tensor]
     lipschitz: bool = True
     root_states: tuple[str, ...] = ()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading hyper-parameters and state
-# ----------------------------------------------------------------------------------------------------------
-
-def member_groups(optimizer: torch.optim.Optimizer, model: nn.Module, layer: NeuronLayer) -> list[dict]:
-    """The param group of each member of ``layer`` (UnsupportedError if a member is not optimized)."""
-    params = dict(model.named_parameters())
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    groups = []
-    for m in layer.members:
-        g = group_of.get(id(params[m.name]))
-        if g is None:
-            raise UnsupportedError(f"parameter {m.name!r} of layer {layer.name!r} is not in the optimizer; "
-                                   f"a frozen part of a neuron makes the step map non-uniform.")
-        groups.append(g)
-    return groups
-
-
-def shared_hyper(layer: NeuronLayer, groups: Sequence[dict], keys: Sequence[str]) -> dict[str, object]:
-    """The values of ``keys`` that every member's group must share for the step to be one field."""
-    ref = {k: _plain(groups[0][k]) for k in keys}
-    for m, g in zip(layer.members, groups):
-        for k in keys:
-            if _plain(g[k]) != ref[k]:
-                raise UnsupportedError(f"not one field: layer {layer.name!r}: parameter {m.name!r} has {k}={g[k]} "
-                                       f"but {layer.members[0].name!r} has {ref[k]}; one neuron's parameters "
-                                       f"must share {k} for the step to be one field. Put the layer's weight and "
-                                       f"bias in param groups with the same {k}.")
-    return ref
-
-
-def check_hyper(layer: NeuronLayer, name: str, value, kind: str, *, key: str | None = None) -> float:
-    """Validate one hyper-parameter: ``kind`` "lr" (finite, > 0), "beta" (in [0, 1)), "eps" (finite, > 0),
-    "nonneg" (finite, ≥ 0); raises TopoverifyError naming it and the fix (``key``: the param-group key that
-    holds it, when it differs from ``name``, e.g. "betas" for "betas[0]")."""
-    v = _plain(value)
-    ok = {"lr": lambda x: math.isfinite(x) and x > 0, "beta": lambda x: 0 <= x < 1,
-          "eps": lambda x: math.isfinite(x) and x > 0, "nonneg": lambda x: math.isfinite(x) and x >= 0}[kind]
-    want = {"lr": "a finite number > 0", "beta": "in [0, 1)", "eps": "a finite number > 0",
-            "nonneg": "a finite number >= 0"}[kind]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(float(v)):
-        raise TopoverifyError(f"layer {layer.name!r}: the optimizer's {name} is {value!r}; a prediction needs {name} "
-                              f"{want}. Set the param group's {key or name!r} accordingly.")
-    return float(v)
-
-
-def float32_coefficients(groups: Sequence[dict]) -> float:
-    """1.0 when torch computes the step's coefficients in float32 (a tensor lr/betas/eps, or
-    ``capturable=True``), else 0.0: the certified constants then take a wider rounding margin."""
-    def tensorish(v):
-        return isinstance(v, torch.Tensor) or (isinstance(v, tuple) and any(isinstance(x, torch.Tensor) for x in v))
-    return float(any(g.get("capturable", False) or any(tensorish(g.get(k)) for k in ("lr", "betas", "eps"))
-                     for g in groups))
-
-
-def read_state(optimizer: torch.optim.Optimizer, model: nn.Module, layer: NeuronLayer,
-               names: Sequence[str], *, require_step: bool = True) -> tuple[dict[str, torch.Tensor], int]:
-    """The pre-step state clouds (name → N×d, float64) of ``layer`` and the number of steps taken so far.
-
-    Before the first step (empty state) every named state is the zero cloud and the count is 0: torch
-    initialises them so (a family whose initial state is not zero passes its own). ``require_step=False``: an
-    optimizer that keeps no "step" entry (lion-pytorch) is read by its named states, with count 0. Partially present state, step counts that differ between
-    members, or NaN/Inf in a state tensor raise (UnsupportedError / NonFiniteError naming the tensor)."""
-    params = dict(model.named_parameters())
-    states = [optimizer.state.get(params[m.name], {}) for m in layer.members]
-    if not any(states):
-        zeros = torch.zeros_like(neuron_cloud(model, layer), dtype=torch.float64)
-        return {name: zeros for name in names}, 0
-    steps = []
-    for m, st in zip(layer.members, states):
-        key = "step" if require_step else names[0]
-        if key not in st:
-            raise UnsupportedError(f"layer {layer.name!r}: parameter {m.name!r} has no optimizer state yet while "
-                                   f"another member of the layer has; take a step on all of them (or none).")
-        raw = _plain(st.get("step", 0))
-        if not math.isfinite(float(raw)):
-            raise NonFiniteError(f"layer {layer.name!r}: the optimizer state 'step' of parameter {m.name!r} is "
-                                 f"{raw}; the state was corrupted.")
-        steps.append(int(raw))
-    if len(set(steps)) != 1:
-        raise UnsupportedError(f"layer {layer.name!r}: the members' step counts differ ({steps}); the bias "
-                               f"corrections then differ within one neuron, so the step is not one field.")
-    clouds = {}
-    for name in names:
-        tensors = {}
-        for m, st in zip(layer.members, states):
-            t = st.get(name)
-            if t is None:
-                raise UnsupportedError(f"layer {layer.name!r}: parameter {m.name!r} has no state {name!r}.")
-            if not bool(torch.isfinite(t).all()):
-                raise NonFiniteError(f"layer {layer.name!r}: the optimizer state {name!r} of parameter {m.name!r} "
-                                     f"holds NaN/Inf; the run has diverged (or the state was corrupted) before "
-                                     f"this step.")
-            if name in NONNEGATIVE_STATES and bool((t < 0).any()):
-                raise TopoverifyError(f"layer {layer.name!r}: the optimizer state {name!r} of parameter {m.name!r} "
-                                      f"holds negative values, which no step of torch's recursion produces (it is "
-                                      f"a running sum of squares); the state was modified outside the optimizer.")
-            tensors[m.name] = t
-        clouds[name] = neuron_cloud(model, layer, tensors).to(torch.float64)
-    return clouds, steps[0]
-
-
-def _plain(x):
-    if isinstance(x, torch.Tensor):
-        return x.item()
-    if isinstance(x, tuple):
-        return tuple(_plain(v) for v in x)
-    return x
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -223,23 +110,32 @@ def local_derivatives(family: CoordinateFamily, g: torch.Tensor, state: Mapping[
 
 
 def derivative_estimates(family: CoordinateFamily, g: torch.Tensor, state: Mapping[str, torch.Tensor],
-                         hyper: Hyper, points: int = GRID_POINTS) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Estimates of sup |∂φ/∂g| and sup |∂φ/∂s| per column: the largest values at every neuron's state, over
-    the neurons' own gradients and a grid of ``points`` gradient values spanning the column's range (plus the
-    point nearest 0, where the sqrt maps are steepest). Values at sampled points: an estimate, not a bound."""
+                         hyper: Hyper, points: int = GRID_POINTS, sample_rows: int = 64,
+                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Estimates of sup |∂φ/∂g| and sup |∂φ/∂s| per column: the largest values at the neurons' own (g, s), and
+    over a grid of ``points`` gradient values spanning each column's range (plus the point nearest 0, where the
+    sqrt maps are steepest) at selected states: since φ acts coordinate by coordinate, each column may take the
+    state of a different neuron, so the grid is evaluated at each column's extreme neurons (argmin and argmax of
+    every state) and ``sample_rows`` random neurons, not at all N. Values at sampled points: an estimate."""
     roots = {k: 2 * v.clamp_min(0).sqrt() for k, v in state.items() if k in family.root_states}
 
-    def on_roots(ds):  # |∂φ/∂r| = 2r|∂φ/∂s| for the states measured on r = √s
-        return {k: (v * roots[k]).nan_to_num(nan=0.0) if k in roots else v for k, v in ds.items()}
+    def on_roots(ds, rt):  # |∂φ/∂r| = 2r|∂φ/∂s| for the states measured on r = √s
+        return {k: (v * rt[k]).nan_to_num(nan=0.0) if k in rt else v for k, v in ds.items()}
 
     dg, ds = local_derivatives(family, g, state, hyper)
-    ds = on_roots(ds)
+    ds = on_roots(ds, roots)
     best_g, best_s = dg.amax(dim=0), {k: v.amax(dim=0) for k, v in ds.items()}
+    n = g.shape[0]
+    picks = [v.argmin(dim=0) for v in state.values()] + [v.argmax(dim=0) for v in state.values()]
+    rand = torch.randperm(n, generator=generator)[:min(sample_rows, n)]
+    idx = torch.cat([*([torch.stack(picks)] if picks else []), rand[:, None].expand(-1, g.shape[1])], dim=0)
+    sub = {k: v.gather(0, idx) for k, v in state.items()}
+    sub_roots = {k: v.gather(0, idx) for k, v in roots.items()}
     lo, hi = g.amin(dim=0), g.amax(dim=0)
     grid = [lo + (hi - lo) * (j / (points - 1)) for j in range(points)] + [torch.zeros_like(lo).clamp(lo, hi)]
     for value in grid:
-        dg, ds = local_derivatives(family, value.expand_as(g), state, hyper)
-        ds = on_roots(ds)
+        dg, ds = local_derivatives(family, value.expand(idx.shape[0], -1), sub, hyper)
+        ds = on_roots(ds, sub_roots)
         best_g = torch.maximum(best_g, dg.amax(dim=0))
         best_s = {k: torch.maximum(best_s[k], v.amax(dim=0)) for k, v in ds.items()}
     return best_g, best_s
@@ -262,24 +158,28 @@ def coordinate_constants(family: CoordinateFamily, step_map: StepMap, ctx: Layer
     # estimates: the derivatives at the neurons' states, over their gradients and a grid of the gradients' range
     g = neuron_gradients(step_map, ctx, jac.decay)
     if family.lipschitz:
-        dg, ds = derivative_estimates(family, g, state, hyper)
+        dg, ds = derivative_estimates(family, g, state, hyper, generator=ctx.generator)
         Lg_est = float(dg.max()) if dg.numel() else 0.0
     else:
         ds, Lg_est = {}, math.inf
     rho_cert, rho_est, reason = 0.0, 0.0, ""
     nn_idx = nearest_neighbors(ctx.cloud, max(ctx.neighbors, 1)) if state else None
     if family.lipschitz:
+        terms = {}  # state → its certified weighted cloud w ⊙ s (or a ratio known without screening: inf)
         for name, s in state.items():
             w = w_cert.get(name)
             if w is None:
                 continue
-            w_e = ds[name]
             if name in family.root_states:  # the term on r = √s: |∂φ/∂r| = 2r |∂φ/∂s|
                 s = s.clamp_min(0).sqrt()
-            r_c = _weighted_ratio(cloud, s, w * up)
-            r_e = _neighbor_ratio(cloud, s * w_e, nn_idx)
+            terms[name] = _weighted(s, w * up)
+            rho_est += _neighbor_ratio(cloud, s * ds[name], nn_idx)
+        clouds = {k: v for k, v in terms.items() if isinstance(v, torch.Tensor)}
+        ratios = dict(zip(clouds, max_pair_ratios(cloud, list(clouds.values()))))  # one pass over the pairs
+        for name in terms:
+            r_c = ratios.get(name, math.inf)
             details[f"rho_{name}"] = r_c
-            rho_cert, rho_est = rho_cert + r_c, rho_est + r_e
+            rho_cert += r_c
             if math.isinf(r_c) and not reason:
                 reason = (f"the state {name!r}: two coincident neurons carry different {name}, or the state's "
                           f"derivative bound is infinite (v̂ at 0)")
@@ -303,14 +203,16 @@ def coordinate_constants(family: CoordinateFamily, step_map: StepMap, ctx: Layer
                          argmax_neuron=jac.argmax_neuron, reason=reason, additive_delta=delta, details=details)
 
 
-def _weighted_ratio(cloud: torch.Tensor, s: torch.Tensor, w: torch.Tensor) -> float:
-    """max_{i≠j} ‖w ⊙ (s_i − s_j)‖ / ‖θ_i − θ_j‖ (certified when w bounds the derivative; 0 where w = 0)."""
+def _weighted(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor | float:
+    """w ⊙ s, whose max pair ratio against θ is the state's certified term (w bounds the derivative); inf when
+    a column with an infinite weight has a state that differs between neurons (a column whose state is the same
+    at every neuron contributes 0, whatever its weight)."""
     if not bool(torch.isfinite(w).all()):
-        moving = (s != s[:1]).any(dim=0)  # a column whose state is the same at every neuron contributes 0
+        moving = (s != s[:1]).any(dim=0)
         if bool((~torch.isfinite(w) & moving).any()):
             return math.inf
         w = torch.where(torch.isfinite(w), w, torch.zeros_like(w))
-    return max_pair_ratio(cloud, s * w)
+    return s * w
 
 
 def _neighbor_ratio(cloud: torch.Tensor, y: torch.Tensor, nn_idx: torch.Tensor) -> float:
@@ -344,6 +246,5 @@ def coordinate_rule(family: CoordinateFamily, read: Callable[[torch.optim.Optimi
     return OptimizerRule(read=read, constants=constants, formula=formula, step_methods=("step", "_init_group"))
 
 
-__all__ = ["CoordinateFamily", "StateBox", "coordinate_constants", "coordinate_rule", "member_groups", "shared_hyper",
-           "check_hyper", "read_state", "float32_coefficients", "state_box", "neuron_gradients", "local_derivatives", "derivative_estimates",
-           "GRID_POINTS"]
+__all__ = ["CoordinateFamily", "StateBox", "coordinate_constants", "coordinate_rule", "state_box", "neuron_gradients",
+           "local_derivatives", "derivative_estimates", "GRID_POINTS"]

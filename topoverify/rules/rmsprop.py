@@ -16,8 +16,7 @@ from torch import nn
 
 from topoverify.neurons.layouts import NeuronLayer
 from topoverify.rules.base import OptimizerRule, StepMap
-from topoverify.rules.coordinatewise import (check_hyper, float32_coefficients, member_groups, read_state,
-                                             shared_hyper)
+from topoverify.rules.reading import check_hyper, float32_coefficients, member_groups, read_state, shared_hyper
 from topoverify.rules.maps import family_constants
 from topoverify.rules.registry import register_rule
 from topoverify.symbolic.adaptive import family_coefficients

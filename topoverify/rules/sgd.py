@@ -24,6 +24,7 @@ from topoverify.measure.pairs import max_pair_ratio
 from topoverify.neurons.layouts import NeuronLayer, neuron_cloud
 from topoverify.rules.base import LayerContext, OptimizerRule, RuleConstants, StepMap
 from topoverify.rules.jacobian import jacobian_constants
+from topoverify.rules.reading import member_groups, shared_hyper
 from topoverify.rules.registry import register_rule
 from topoverify.symbolic import momentum_K_eff_numeric, sgd_momentum_coefficients_numeric
 
@@ -34,21 +35,8 @@ def read_sgd(optimizer: torch.optim.SGD, model: nn.Module, layer: NeuronLayer) -
     """The SGD step map of ``layer``, with its pre-step momentum buffer cloud (N×d) in
     ``state["momentum_buffer"]`` if there is one."""
     params = dict(model.named_parameters())
-    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    groups = []
-    for m in layer.members:
-        g = group_of.get(id(params[m.name]))
-        if g is None:
-            raise UnsupportedError(f"parameter {m.name!r} of layer {layer.name!r} is not in the optimizer; "
-                                   f"a frozen part of a neuron makes the step map non-uniform.")
-        groups.append(g)
-    ref = {k: _as_float(groups[0][k]) for k in _SHARED}
-    for m, g in zip(layer.members, groups):
-        for k in _SHARED:
-            if _as_float(g[k]) != ref[k]:
-                raise UnsupportedError(f"layer {layer.name!r}: parameter {m.name!r} has {k}={g[k]} but "
-                                       f"{layer.members[0].name!r} has {ref[k]}; one neuron's parameters "
-                                       f"must share {k} for the step to be one field.")
+    groups = member_groups(optimizer, model, layer)
+    ref = {k: _as_float(v) for k, v in shared_hyper(layer, groups, _SHARED).items()}
     lr, mu, tau, nesterov = ref["lr"], ref["momentum"], ref["dampening"], bool(ref["nesterov"])
     if not (math.isfinite(lr) and lr >= 0):
         raise TopoverifyError(f"layer {layer.name!r}: the optimizer's learning rate is {lr}; a prediction needs a "

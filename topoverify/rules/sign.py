@@ -13,7 +13,7 @@ from torch import nn
 
 from topoverify.neurons.layouts import NeuronLayer, neuron_cloud
 from topoverify.rules.base import OptimizerRule, StepMap
-from topoverify.rules.coordinatewise import check_hyper, member_groups, read_state, shared_hyper
+from topoverify.rules.reading import check_hyper, member_groups, read_state, shared_hyper
 from topoverify.rules.maps import family_constants
 
 
