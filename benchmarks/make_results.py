@@ -11,9 +11,10 @@ from __future__ import annotations
 import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
-ORDER = ["predict.md", "tightness.md", "topology.md", "equivariance.md", "sweep.md", "third_party_optimizers.md"]
+ORDER = ["predict.md", "predict_adam.md", "tightness.md", "topology.md", "equivariance.md", "sweep.md", "third_party_optimizers.md"]
 SCRIPTS = {
     "tightness.md": "bench_tightness.py",
+    "predict_adam.md": "bench_predict_adam.py",
     "predict.md": "bench_predict.py",
     "topology.md": "bench_topology.py",
     "equivariance.md": "bench_equivariance.py",

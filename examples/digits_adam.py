@@ -18,7 +18,7 @@ Writes OUT_DIR/digits_adam.png (panels: lr·K per step, estimate and certified, 
 Σδ against the observed bottleneck shift and the initial H2 feature's persistence) and OUT_DIR/digits_adam.json
 (SweepResult.to_dict() plus the additive bounds), and prints the sweep table and a summary.
 Default OUT_DIR: examples/output/. Default form: N = 256 neurons, 8 steps at 1e-5, 1e-4, 1e-3, 1e-2, no
-sharpness (about 1-2 min on 2 cores: predict_step runs at every step); ``--full``: N = 1024, 100 steps, T8
+sharpness (about 25 s on 2 cores: predict_step runs at every step); ``--full``: N = 1024, 100 steps, T8
 sharpness recorded (tens of minutes).
 """
 
