@@ -30,6 +30,32 @@ from topoverify import predict_step
 DIMS = {64: (40, 23), 1537: (1024, 512)}
 
 
+def time_step_and_predict(model, opt, loss_fn, batch, warm: int):
+    """After ``warm`` training steps: the median time of 5 more (zero_grad, forward, backward, step), then 3
+    predict_step calls (hessian=False, no layout check). Returns (t_step, predict times, last prediction,
+    RSS before the predictions, peak RSS after), RSS in KiB."""
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model, batch).backward()
+        opt.step()
+
+    for _ in range(warm):
+        step()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ptimes, pred = [], None
+    for _ in range(3):
+        t = time.perf_counter()
+        pred = predict_step(model, opt, loss_fn, batch, hessian=False, check_layout=False)
+        ptimes.append(time.perf_counter() - t)
+    return statistics.median(times), ptimes, pred, base_rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def one(n: int, d: int, batch: int = 256) -> dict:
     torch.manual_seed(0)
     d_in, d_out = DIMS[d]
@@ -40,26 +66,7 @@ def one(n: int, d: int, batch: int = 256) -> dict:
         return ((m(b[0]) - b[1]) ** 2).mean()
 
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def step():
-        opt.zero_grad()
-        loss_fn(model, (x, y)).backward()
-        opt.step()
-
-    step()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    t_step = statistics.median(times)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ptimes, pred = [], None
-    for _ in range(3):
-        t = time.perf_counter()
-        pred = predict_step(model, opt, loss_fn, (x, y), hessian=False, check_layout=False)
-        ptimes.append(time.perf_counter() - t)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t_step, ptimes, pred, base_rss, peak_rss = time_step_and_predict(model, opt, loss_fn, (x, y), warm=1)
     lp = pred.layers[0]
     return dict(N=n, d=d, batch=batch, step_s=t_step, predict_s=statistics.median(ptimes),
                 ratio=statistics.median(ptimes) / t_step, extra_peak_mib=(peak_rss - base_rss) / 1024,

@@ -20,15 +20,14 @@ import json
 import os
 import platform
 import pstats
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from torch import nn
 
+from bench_predict import time_step_and_predict  # same folder: the scripts run as python benchmarks/<name>.py
 from topoverify import predict_step
 
 D_OUT = 10
@@ -46,26 +45,7 @@ def one(n: int, d_in: int, batch: int = 256, profile: bool = False) -> dict:
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    def step():
-        opt.zero_grad()
-        loss_fn(model, (x, y)).backward()
-        opt.step()
-
-    for _ in range(WARM):
-        step()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    t_step = statistics.median(times)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ptimes, pred = [], None
-    for _ in range(3):
-        t = time.perf_counter()
-        pred = predict_step(model, opt, loss_fn, (x, y), hessian=False, check_layout=False)
-        ptimes.append(time.perf_counter() - t)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t_step, ptimes, pred, base_rss, peak_rss = time_step_and_predict(model, opt, loss_fn, (x, y), warm=WARM)
     prof = ""
     if profile:
         pr = cProfile.Profile()
