@@ -41,6 +41,10 @@ def prediction_table(pred) -> str:
     lines += [f"  {lp.layer}: {lp.reason}" for lp in pred.layers if not lp.available]
     lines += [f"  {lp.layer}: not certified: {lp.K_upper_reason}" for lp in pred.layers
               if lp.available and lp.K_upper_reason]
+    lines += [f"  {lp.layer}: additive bound (T7(b), certified): every pairwise distance moves by at most "
+              f"{fmt(lp.additive_delta)}, so features longer than {fmt(2 * lp.additive_delta)} survive; the "
+              f"{lp.sharper_bound} bound is sharper at the cloud's scale {fmt(lp.scale)}"
+              for lp in pred.layers if lp.available and lp.additive_delta is not None]
     lines += [f"  note: {n}" for n in pred.notes]
     return "\n".join(lines)
 
@@ -60,6 +64,11 @@ def verification_table(ver) -> str:
     lines = [prediction_table(ver.prediction), render(t)]
     lines += [f"  {lv.layer}: no certified check ({lv.certified_check})" for lv in ver.layers
               if lv.holds_certified is None and lv.certified_check.startswith("not certified")]
-    lines += [f"  {lv.layer}: no pair of distinct neurons to compare" for lv in ver.layers if lv.holds is None]
+    lines += [f"  {lv.layer}: " + ("no pair of distinct neurons to compare" if lv.n_pairs == 0 else
+                                   "the estimated band [0, inf] cannot fail: not checked")
+              for lv in ver.layers if lv.holds is None]
+    lines += [f"  {lv.layer}: additive: max |distance change| {fmt(lv.max_abs_change)} <= certified "
+              f"{fmt(lv.prediction.additive_delta)}: {_yes(lv.holds_additive)}"
+              for lv in ver.layers if lv.holds_additive is not None]
     lines += [f"  skipped {s}" for s in ver.skipped]
     return "\n".join(lines)
