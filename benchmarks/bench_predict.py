@@ -108,8 +108,13 @@ def main() -> None:
         lines.append(f"| {r['N']} | {r['d']} | {r['step_s']:.4f} | {r['predict_s']:.3f} | {r['ratio']:.1f}x | "
                      f"{r['extra_peak_mib']:.0f} | {r['cloud_mib']:.1f} | {r['points']} | {r['K']:.4g} | "
                      f"{r['K_upper']:.4g} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    write_markdown(lines, args.out)
+
+
+def write_markdown(lines: list[str], path: str) -> None:
+    """Write a results section (creating its folder) and echo it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

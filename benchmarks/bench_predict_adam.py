@@ -27,7 +27,7 @@ import sys
 import torch
 from torch import nn
 
-from bench_predict import time_step_and_predict  # same folder: the scripts run as python benchmarks/<name>.py
+from bench_predict import time_step_and_predict, write_markdown  # same folder: the scripts run as python benchmarks/<name>.py
 from topoverify import predict_step
 
 D_OUT = 10
@@ -105,10 +105,7 @@ def main() -> None:
     for r in rows:
         if r["profile"]:
             lines += ["", f"cProfile of one predict_step, N = {r['N']}:", "", "```", r["profile"].strip(), "```"]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(lines, args.out)
 
 
 if __name__ == "__main__":

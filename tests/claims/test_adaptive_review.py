@@ -172,3 +172,18 @@ def test_max_pair_ratios_shares_one_pass_and_agrees_with_each_single_ratio():
     Y3 = torch.ones(40, 2, dtype=F64)  # constant: 0
     got = max_pair_ratios(X, [Y1, Y2, Y3])
     assert got == [max_pair_ratio(X, Y1), math.inf, 0.0] and 0 < got[0] < math.inf
+
+
+def test_centered_b_lo_is_a_lower_bound_along_every_segment_of_states():
+    """v − ḡ² is concave along a segment of states (v linear, ḡ² convex): its minimum over the segment is at an
+    end, so the column minimum over the neurons bounds it (independent check by sampling the segments)."""
+    g = torch.Generator().manual_seed(5)
+    gbar = torch.randn(500, 2, generator=g, dtype=F64)
+    v = gbar**2 + torch.rand(500, 2, generator=g, dtype=F64) * 1e-3  # Jensen: v ≥ ḡ²
+    t = torch.rand(500, 1, 1, generator=g, dtype=F64).expand(-1, 50, 1) * torch.linspace(0, 1, 50,
+                                                                                          dtype=F64)[None, :, None]
+    vs = v[:, None, :] + t * (v[:, None, :].roll(1, 0) - v[:, None, :])
+    gs = gbar[:, None, :] + t * (gbar[:, None, :].roll(1, 0) - gbar[:, None, :])
+    along = (vs - gs**2).amin(dim=1)
+    ends = torch.minimum(v - gbar**2, (v - gbar**2).roll(1, 0))
+    assert bool((along >= ends - 1e-15).all())

@@ -39,7 +39,6 @@ from topoverify.formatting import ResultMixin, fmt
 from topoverify.measure.field import block_samples
 from topoverify.measure.hessian import top_hessian_eigenvalue
 from topoverify.measure.merges import count_coincident_pairs
-from topoverify.measure.sampling import nearest_neighbors
 from topoverify.neurons.layouts import NeuronLayer, member_widths, neuron_cloud, resolve_layers
 from topoverify.neurons.preflight import preflight
 from topoverify.rules import LayerContext, StepMap, rule_for
@@ -281,7 +280,7 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
     eta_star, eta_star_c = float(eta_star_numeric(c.K_eff)), float(eta_star_numeric(c.K_eff_upper))
     scale = sharper = None
     if c.additive_delta is not None:
-        scale = median_neighbor_distance(cloud)
+        scale = median_neighbor_distance(cloud, ctx.nearest)
         sharper = "multiplicative" if lr * c.K_eff_upper * scale < c.additive_delta else "additive"
     lam_layer = None
     if hessian:
@@ -300,11 +299,12 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
         sharper_bound=sharper or "multiplicative", details=dict(c.details)), loss
 
 
-def median_neighbor_distance(cloud: torch.Tensor) -> float:
-    """The median over neurons of the distance to the nearest other neuron (0 for fewer than two)."""
-    if cloud.shape[0] < 2:
+def median_neighbor_distance(cloud: torch.Tensor, nearest: torch.Tensor) -> float:
+    """The median over neurons of the distance to the nearest other neuron (``nearest``: neighbour indices, N×k;
+    0 for fewer than two neurons)."""
+    if cloud.shape[0] < 2 or nearest.numel() == 0:
         return 0.0
-    idx = nearest_neighbors(cloud, 1)[:, 0]
+    idx = nearest[:, 0]
     return float((cloud.to(torch.float64) - cloud.to(torch.float64)[idx]).norm(dim=1).median())
 
 

@@ -122,13 +122,12 @@ def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: 
     viol = [0] * len(all_bands)
     margins = [math.inf] * len(all_bands)
     abs_change, add_viol = (0.0 if additive is not None and n > 1 else None), 0
-    scale_cloud = None
+    scaled_before = None  # D·θ, when D is a per-coordinate vector: its distances are ‖DΔθ‖
     if additive is not None and isinstance(additive[0], torch.Tensor):
-        dvec = additive[0].to(torch.float64).reshape(1, -1)
-        s64 = b64 * dvec
+        s64 = b64 * additive[0].to(torch.float64).reshape(1, -1)
         e3 = _pow2_exponent(s64)
-        scale_cloud = (_scaled(s64, e3), e3)
-        scale_cloud = (*scale_cloud, scale_cloud[0].norm(dim=1))
+        S = _scaled(s64, e3)
+        scaled_before = (S, e3, S.norm(dim=1))
     for s, e in row_chunks(n, n):
         upper_mask = torch.arange(n)[None, :] > torch.arange(s, e)[:, None]
         d0 = _unscaled(_accurate_cdist(B, s, e, nb), e0)
@@ -136,10 +135,11 @@ def ratio_stats(before: torch.Tensor, after: torch.Tensor, lower: float, upper: 
         if not (bool(torch.isfinite(d0).all()) and bool(torch.isfinite(d1).all())):
             raise NonFiniteError("a pairwise distance exceeds the float64 range; the step has diverged.")
         if additive is not None and bool(upper_mask.any()):
-            if scale_cloud is None:
+            if scaled_before is None:
                 ds = abs(float(additive[0])) * d0
             else:
-                ds = _unscaled(_accurate_cdist(scale_cloud[0], s, e, scale_cloud[2]), scale_cloud[1])
+                S, e3, nS = scaled_before
+                ds = _unscaled(_accurate_cdist(S, s, e, nS), e3)
             change = (d1 - ds)[upper_mask].abs()
             tol_all = (c_eps * math.sqrt(d) * (mag[s:e, None] + mag[None, :]))[upper_mask]
             abs_change = max(abs_change, float(change.max()))

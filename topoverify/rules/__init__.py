@@ -19,7 +19,7 @@ from topoverify.rules.sgd import SGD_RULE, buffer_ratio  # registers torch.optim
 from topoverify.rules.adam import ADAM_RULE, ADAMAX_RULE, NADAM_RULE, RADAM_RULE  # registers the Adam family
 from topoverify.rules.rmsprop import ADAGRAD_RULE, RMSPROP_RULE  # registers RMSprop, Adagrad
 from topoverify.rules.sign import sign_rule
-from topoverify.rules.coordinatewise import CoordinateFamily, coordinate_constants, coordinate_rule
+from topoverify.rules.coordinatewise import CoordinateFamily, coordinate_constants
 from topoverify.rules.maps import FAMILIES, family_constants, family_for
 
 __all__ = [
@@ -27,5 +27,5 @@ __all__ = [
     "OptimizerRule", "StepMap", "RuleConstants", "LayerContext",
     "JacobianConstants", "jacobian_constants", "decay_diagonal", "SGD_RULE", "buffer_ratio",
     "ADAM_RULE", "NADAM_RULE", "RADAM_RULE", "ADAMAX_RULE", "CoordinateFamily", "coordinate_constants",
-    "coordinate_rule", "RMSPROP_RULE", "ADAGRAD_RULE", "sign_rule", "FAMILIES", "family_for", "family_constants",
+    "RMSPROP_RULE", "ADAGRAD_RULE", "sign_rule", "FAMILIES", "family_for", "family_constants",
 ]

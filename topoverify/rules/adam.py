@@ -47,12 +47,13 @@ def read_common(optimizer: torch.optim.Optimizer, model: nn.Module, layer: Neuro
     wd = tuple(check_hyper(layer, "weight_decay", g["weight_decay"], "nonneg") for g in groups)
     decoupled = bool(ref.get("decoupled_weight_decay", False))
     clouds, steps = read_state(optimizer, model, layer, states)
+    ref["float32_coefficients"] = float32_coefficients(groups)  # the layer's own groups
     return ref, float(b1), float(b2), wd, decoupled, clouds, steps + 1
 
 
 def _step_map(optimizer, ref, wd, decoupled, desc, hyper, clouds, family: str) -> StepMap:
     lr = float(ref["lr"])
-    hyper["float32_coefficients"] = float32_coefficients(optimizer.param_groups)
+    hyper["float32_coefficients"] = ref["float32_coefficients"]
     coupled = tuple(0.0 for _ in wd) if decoupled else wd
     return StepMap(type(optimizer).__name__, lr, 1.0, 0.0, coupled, desc, bool(ref.get("maximize", False)),
                    family=family, hyper=hyper, decoupled_decay=wd if decoupled else (), state=clouds)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from torch import nn
 from topoverify.errors import NonFiniteError, TopoverifyError
 from topoverify.formatting import NOT_SERIALIZED, ResultMixin
 from topoverify.measure.field import BlockSamples
+from topoverify.measure.sampling import nearest_neighbors
 from topoverify.neurons.layouts import NeuronLayer
 
 
@@ -62,7 +64,8 @@ class LayerContext:
     """What a rule's ``constants`` may read for one layer: the pre-step ``cloud`` (N×d), the update field's
     ``samples`` (:class:`BlockSamples`, T1), each member's number of cloud coordinates (``widths``), the
     power-iteration budget (``iters``, ``tol``), the random ``generator``, the number of nearest-neighbour
-    segments to sample (``neighbors``) and whether the fold estimates were asked for (``fold``)."""
+    segments to sample (``neighbors``) and whether the fold estimates were asked for (``fold``);
+    :attr:`nearest` is each neuron's ``max(neighbors, 1)`` nearest neighbours, computed once per layer."""
 
     layer: NeuronLayer
     cloud: torch.Tensor
@@ -73,6 +76,12 @@ class LayerContext:
     generator: torch.Generator
     neighbors: int
     fold: bool
+
+    @cached_property
+    def nearest(self) -> torch.Tensor:
+        """Indices (N×k, k = max(neighbors, 1)) of each neuron's nearest other neurons (approximate above 64
+        dimensions, :func:`topoverify.measure.sampling.nearest_neighbors`); cached on the context."""
+        return nearest_neighbors(self.cloud, max(self.neighbors, 1))
 
 
 @dataclass(frozen=True)

@@ -30,19 +30,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from topoverify.measure.pairs import max_pair_ratios
-from topoverify.measure.sampling import nearest_neighbors
-from topoverify.neurons.layouts import NeuronLayer
-from topoverify.rules.base import LayerContext, OptimizerRule, RuleConstants, StepMap
+from topoverify.rules.base import LayerContext, RuleConstants, StepMap
 from topoverify.rules.jacobian import jacobian_constants
 
 Hyper = Mapping[str, float]
 
 _ROUND_UP = 1 + 1e-9  # certified constants are computed in float64; this covers their rounding
-#: torch computes the coefficients in float32 when a hyper-parameter is a tensor or ``capturable=True``
-_ROUND_UP_FLOAT32 = 1 + 1e-5
+_U32 = 2.0**-24
+
+
+def rounding_margin(hyper: Hyper) -> float:
+    """The factor applied to every certified constant for rounding: 1 + 1e-9 when torch computes the step's
+    coefficients in float64 (python floats), else a first-order allowance for torch's float32 coefficient
+    arithmetic (a tensor lr/betas/eps, or ``capturable=True``): each bias correction 1 − β^t is computed from a
+    float32 β^t with absolute error ≤ 2u (u = 2⁻²⁴), so relative error ≤ 2u/(1 − β^t), and every other coefficient
+    operation adds at most a few u; the factor 1 + 16u·(1 + Σ 1/(1 − β^t)) covers both with room. Checked against
+    real steps with tensor hyper-parameters (``tests/claims/test_adaptive_review.py``)."""
+    if not hyper.get("float32_coefficients"):
+        return _ROUND_UP
+    t = hyper.get("t", 1.0)
+    corrections = [1.0 - hyper[b] ** t for b in ("beta1", "beta2") if b in hyper and hyper[b] > 0]
+    return _ROUND_UP + 16 * _U32 * (1 + sum(1 / c for c in corrections))
 GRID_POINTS = 5  # gradient values per column at which the derivative estimates are sampled
 
 
@@ -152,7 +162,7 @@ def coordinate_constants(family: CoordinateFamily, step_map: StepMap, ctx: Layer
     lam = step_map.max_decoupled_decay
     details: dict[str, float] = {}
     # certified
-    up = _ROUND_UP_FLOAT32 if hyper.get("float32_coefficients") else _ROUND_UP
+    up = rounding_margin(hyper)
     Lg_cert = float(family.grad_bound(box, hyper).max()) * up if family.lipschitz else math.inf
     w_cert = family.state_bounds(box, hyper) if family.lipschitz else {}
     # estimates: the derivatives at the neurons' states, over their gradients and a grid of the gradients' range
@@ -163,7 +173,7 @@ def coordinate_constants(family: CoordinateFamily, step_map: StepMap, ctx: Layer
     else:
         ds, Lg_est = {}, math.inf
     rho_cert, rho_est, reason = 0.0, 0.0, ""
-    nn_idx = nearest_neighbors(ctx.cloud, max(ctx.neighbors, 1)) if state else None
+    nn_idx = ctx.nearest if state else None
     if family.lipschitz:
         terms = {}  # state → its certified weighted cloud w ⊙ s (or a ratio known without screening: inf)
         for name, s in state.items():
@@ -235,16 +245,5 @@ def _product(L: float, K: float) -> float:
     return 0.0 if L == 0 or K == 0 else L * K
 
 
-def coordinate_rule(family: CoordinateFamily, read: Callable[[torch.optim.Optimizer, nn.Module, NeuronLayer],
-                                                             StepMap], formula: str) -> OptimizerRule:
-    """An :class:`OptimizerRule` from a family's ``read`` and :func:`coordinate_constants`."""
-
-    def constants(step_map: StepMap, ctx: LayerContext) -> RuleConstants:
-        return coordinate_constants(family, step_map, ctx)
-
-    constants.__name__ = f"{family.name.lower()}_constants"
-    return OptimizerRule(read=read, constants=constants, formula=formula, step_methods=("step", "_init_group"))
-
-
-__all__ = ["CoordinateFamily", "StateBox", "coordinate_constants", "coordinate_rule", "state_box", "neuron_gradients",
+__all__ = ["CoordinateFamily", "StateBox", "coordinate_constants", "state_box", "neuron_gradients",
            "local_derivatives", "derivative_estimates", "GRID_POINTS"]
