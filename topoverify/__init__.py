@@ -17,13 +17,18 @@ Public API (see README.md); each claim of ``spec/claims.toml`` has one checker (
 * ``topology`` — persistence (ripser), robust Betti numbers, log-scale bottleneck and its T5 check
   (``topology.check_persistence_stability``), merges; ``sweep`` — the breakdown experiment over learning rates
   (T8: lr·K at every step) and ``check_critical_rate`` — T3 held against a sweep.
+* ``report`` — the bound report (the main job, ``topoverify report``): sweeps across the predicted η*, the
+  phases, schedules (T4 along a run), figures, written as self-contained HTML, Markdown and JSON (with a JSON
+  Schema); ``TopologyMonitor`` — lr·K of every layer at every step of a plain PyTorch loop from read-only hooks,
+  with a certified per-step bound, warnings and the same report.
 * ``topoverify.symbolic`` — the sympy forms of the claims (the only source of numeric bounds);
   ``topoverify.experiments`` — embedded scenarios, synthetic clouds, optimizer factories.
 
 Layout: ``symbolic/`` (theory), ``rules/`` (one module per optimizer family, behind ``register_rule``),
 ``neurons/`` (layouts, activations, permutations), ``measure/`` (field,
 Hessian, pairs, persistence, merges), ``checks/`` (one checker per claim), ``experiments/``, ``cli/``,
-``strategies/`` (Hypothesis strategies for tests).
+``reports/`` (the bound report), ``monitor/`` (the training-loop monitor), ``strategies/`` (Hypothesis
+strategies for tests).
 """
 
 from topoverify import topology
@@ -38,9 +43,11 @@ from topoverify.checks.step_prediction import LayerPrediction, StepPrediction, p
 from topoverify.errors import LayoutError, NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.experiments.rate_sweep import sweep
 from topoverify.experiments.sweep_result import SweepResult
+from topoverify.monitor import TopologyBreakdownWarning, TopologyMonitor
 from topoverify.neurons.layouts import NeuronLayer, ParamAxis, detect_layers, explicit_layer, neuron_cloud
 from topoverify.neurons.permute import inverse_permutation, permute
 from topoverify.neurons.preflight import preflight
+from topoverify.reports.api import ReportResult, report
 from topoverify.rules import CoordinateFamily, OptimizerRule, register_rule, registered, sign_rule, unregister_rule
 
 __version__ = "0.1.0"
@@ -49,6 +56,8 @@ __all__ = [
     # checkers, one per claim
     "check_field_identity", "verify_step", "verify_steps", "check_critical_rate", "check_identical_neurons",
     "equivariance_error", "assert_equivariant", "predict_step", "sweep", "topology",
+    # the bound report and the training-loop monitor
+    "report", "ReportResult", "TopologyMonitor", "TopologyBreakdownWarning",
     # results
     "CriticalRateCheck", "Counterexample", "Coverage", "EquivarianceReport", "FieldIdentityCheck", "Interrupted",
     "LayerPrediction", "LayerVerification", "MultiStepVerification", "StepPrediction", "StepVerification",

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from topoverify.cli import bounds, check_optimizer, spec, verify_step
+from topoverify.cli import bounds, check_optimizer, report, spec, verify_step
 from topoverify.cli.main import build_parser, main
 
 FAST = ["--examples", "3", "--no-conv"]
@@ -14,9 +14,9 @@ FAST = ["--examples", "3", "--no-conv"]
 
 def test_every_subcommand_is_dispatched_to_its_own_module():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["bounds", "check-optimizer", "spec", "verify-step"]
-    for name, module in [("bounds", bounds), ("check-optimizer", check_optimizer), ("spec", spec),
-                         ("verify-step", verify_step)]:
+    assert sorted(sub.choices) == ["bounds", "check-optimizer", "report", "spec", "verify-step"]
+    for name, module in [("bounds", bounds), ("check-optimizer", check_optimizer), ("report", report),
+                         ("spec", spec), ("verify-step", verify_step)]:
         assert sub.choices[name].get_default("func") is module.run
 
 

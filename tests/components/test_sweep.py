@@ -208,3 +208,43 @@ def test_breakdown_merges_are_counted_by_collapse():
     run = r.runs[0]
     assert run.final.merged > 0 and run.final.collapsed_pairs > 0 and run.final.close_at_start_pairs == 0
     assert run.topology_changed and run.verdict == "changed"
+
+
+# ------------------------------------------------------------------------------------ ratio envelope and schedules
+
+
+def test_ratio_envelope_inside_the_certified_band_and_matches_cdist():
+    from topoverify.experiments.schedules import step_decay
+    sc = circle_scenario(n=24)
+    r = sweep(sc, sgd_factory(), [0.03], 4, every=4, sharpness=False, ratios=True)
+    run = r.runs[0]
+    assert run.lrs == [0.03] * 4 and len(run.ratio_min) == len(run.ratio_max) == 4
+    for lo, hi, eku in zip(run.ratio_min, run.ratio_max, run.eta_K_upper):
+        assert eku < 1 and 1 - eku - 1e-12 <= lo <= hi <= 1 + eku + 1e-12   # T2's certified band, every step
+    # the envelope of step 0, independently: all pairs of distinct neurons with torch.cdist
+    from topoverify.neurons.layouts import neuron_cloud, resolve_layers
+    m = sc.model()
+    layer = resolve_layers(m, None)[0]
+    before = neuron_cloud(m, layer).detach().clone()
+    opt = torch.optim.SGD(m.parameters(), lr=0.03)
+    opt.zero_grad()
+    sc.loss_fn(m, sc.batch_at(0)).backward()
+    opt.step()
+    after = neuron_cloud(m, layer).detach()
+    d0, d1 = torch.cdist(before, before), torch.cdist(after, after)
+    iu = torch.triu_indices(24, 24, 1)
+    ratio = d1[iu[0], iu[1]] / d0[iu[0], iu[1]]
+    assert run.ratio_min[0] == pytest.approx(float(ratio.min()), rel=1e-9)
+    assert run.ratio_max[0] == pytest.approx(float(ratio.max()), rel=1e-9)
+    # without ratios=True nothing is recorded; with a schedule the rates follow it and snapshots mark the phases
+    r2 = sweep(circle_scenario(n=16), sgd_factory(), [0.4], 8, every=100, sharpness=False,
+               schedule=step_decay(5, 0.3))
+    run2 = r2.runs[0]
+    assert run2.ratio_min == [] and run2.lrs == pytest.approx([0.4] * 5 + [0.12] * 3)
+    from topoverify.experiments.schedule_analysis import analyse_schedule
+    an = analyse_schedule(run2)
+    assert an.boundaries and {s.step for s in run2.snapshots} >= {0, 8, *an.boundaries}
+    assert all(b["exact"] for b in an.topology_at_boundaries)
+    assert "step_decay" in str(r2) and r2.to_dict()["schedule"] == "step_decay(step_size=5, gamma=0.3)"
+    with pytest.raises(TopoverifyError, match="ScheduleSpec"):
+        sweep(sc, sgd_factory(), [0.03], 2, schedule="cosine")

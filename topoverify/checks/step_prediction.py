@@ -256,18 +256,57 @@ def predict_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
 
 def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, tol, gen, hessian, seed, step,
                    fold):
-    cloud = neuron_cloud(model, layer)
-    base = dict(layer=layer.name, n_neurons=layer.size, dim=cloud.shape[1], activation=layer.activation)
-    if not torch.isfinite(cloud).all():
-        raise NonFiniteError(f"layer {layer.name!r}{'' if step is None else f' at step {step}'}: the neuron "
-                             f"parameters contain NaN/Inf; training has diverged before this step.")
+    cloud = _finite_cloud(model, layer, step)
     try:
         rule = rule_for(optimizer)
         step_map = rule.step_map(optimizer, model, layer)
         samples, loss = block_samples(model, layer, loss_fn, batch, step=step)
     except UnsupportedError as exc:
-        return LayerPrediction(**base, available=False, reason=str(exc)), math.nan
-    ctx = LayerContext(layer, cloud, samples, tuple(member_widths(model, layer)), iters, tol, gen, neighbors, fold)
+        return LayerPrediction(**_base(layer, cloud), available=False, reason=str(exc)), math.nan
+    lp = predict_layer(model, optimizer, layer, samples, neighbors=neighbors, power_iters=iters, tol=tol,
+                       generator=gen, fold=fold, step=step, cloud=cloud, rule=(rule, step_map))
+    if hessian and lp.available:
+        lam_layer = top_hessian_eigenvalue(model, loss_fn, batch, params=[m.name for m in layer.members],
+                                           iters=iters, tol=tol, seed=seed).norm
+        lp = replace(lp, lambda_layer=lam_layer)
+    return lp, loss
+
+
+def _base(layer, cloud):
+    return dict(layer=layer.name, n_neurons=layer.size, dim=cloud.shape[1], activation=layer.activation)
+
+
+def _finite_cloud(model, layer, step):
+    cloud = neuron_cloud(model, layer)
+    if not torch.isfinite(cloud).all():
+        raise NonFiniteError(f"layer {layer.name!r}{'' if step is None else f' at step {step}'}: the neuron "
+                             f"parameters contain NaN/Inf; training has diverged before this step.")
+    return cloud
+
+
+def predict_layer(model: nn.Module, optimizer: torch.optim.Optimizer, layer: NeuronLayer, samples, *,
+                  neighbors: int = 2, power_iters: int = 50, tol: float = 1e-4,
+                  generator: torch.Generator | None = None, fold: bool = False, step: int | None = None,
+                  cloud: torch.Tensor | None = None, rule: tuple | None = None) -> LayerPrediction:
+    """One layer's prediction (everything of :class:`LayerPrediction` but ``lambda_layer``) from its prepared
+    update-field ``samples`` (:class:`BlockSamples`, T1) at the model's current (pre-step) state: the rule's
+    constants, T2's band and η*. :func:`predict_step` builds the samples with :func:`block_samples`;
+    :class:`topoverify.monitor.TopologyMonitor` from the hooks of the user's own pass (one code path).
+    ``cloud``: the layer's neuron cloud if already read and checked finite (else read here); ``rule``: the
+    optimizer's (rule, step map) if already read (else read here)."""
+    if cloud is None:
+        cloud = _finite_cloud(model, layer, step)
+    base = _base(layer, cloud)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    if rule is None:
+        try:
+            found = rule_for(optimizer)
+            rule = (found, found.step_map(optimizer, model, layer))
+        except UnsupportedError as exc:
+            return LayerPrediction(**base, available=False, reason=str(exc))
+    rule, step_map = rule
+    ctx = LayerContext(layer, cloud, samples, tuple(member_widths(model, layer)), power_iters, tol, gen,
+                       neighbors, fold)
     c = rule.layer_constants(step_map, ctx)
     lr = step_map.lr
     eta_fold = None if c.K_fold is None else float(eta_star_numeric(max(c.K_fold, 0.0)))  # T3 one-sided: 1/μ
@@ -282,21 +321,17 @@ def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, to
     if c.additive_delta is not None:
         scale = median_neighbor_distance(cloud, ctx.nearest)
         sharper = "multiplicative" if lr * c.K_eff_upper * scale < c.additive_delta else "additive"
-    lam_layer = None
-    if hessian:
-        lam_layer = top_hessian_eigenvalue(model, loss_fn, batch, params=[m.name for m in layer.members],
-                                           iters=iters, tol=tol, seed=seed).norm
     return LayerPrediction(
         **base, available=True, rule=replace(step_map, state={}), lr=lr, K=c.K, K_upper=c.K_upper, K_eff=c.K_eff,
         K_eff_upper=c.K_eff_upper, momentum_rho=c.momentum_rho, eta_star=eta_star, eta_star_certified=eta_star_c,
         lower=lo, upper=up, lower_certified=lo_c, upper_certified=up_c,
         phase=PRESERVING if lr < eta_star else BREAKDOWN_POSSIBLE,  # T3: preserving below η*
-        certified_preserving=lr < eta_star_c, lambda_layer=lam_layer, K_fold=c.K_fold, eta_fold=eta_fold,
+        certified_preserving=lr < eta_star_c, K_fold=c.K_fold, eta_fold=eta_fold,
         n_points=c.n_points, argmax_neuron=c.argmax_neuron, merged_pairs=count_coincident_pairs(cloud),
         K_upper_reason=c.reason, mu_upper=c.mu_upper, eta_fold_certified=eta_fold_c,
         lower_fold_certified=lower_fold_c, certified_injective=c.mu_upper is not None and lr < eta_fold_c,
         additive_delta=c.additive_delta, decoupled_decay=step_map.decoupled_decay, scale=scale,
-        sharper_bound=sharper or "multiplicative", details=dict(c.details)), loss
+        sharper_bound=sharper or "multiplicative", details=dict(c.details))
 
 
 def median_neighbor_distance(cloud: torch.Tensor, nearest: torch.Tensor) -> float:
@@ -308,5 +343,5 @@ def median_neighbor_distance(cloud: torch.Tensor, nearest: torch.Tensor) -> floa
     return float((cloud.to(torch.float64) - cloud.to(torch.float64)[idx]).norm(dim=1).median())
 
 
-__all__ = ["LayerPrediction", "StepPrediction", "predict_step", "buffer_ratio",
+__all__ = ["LayerPrediction", "StepPrediction", "predict_step", "predict_layer", "buffer_ratio",
            "ratio_bounds", "require_full_precision", "PRESERVING", "BREAKDOWN_POSSIBLE", "UNAVAILABLE"]

@@ -1,7 +1,8 @@
 """The ``topoverify`` command line: argparse dispatch to one module per subcommand.
 
 Each subcommand module exposes ``register(subparsers)``, which adds its parser with ``func(args) -> int``.
-Exit codes: 0 success, 1 a check failed, 2 usage or error, 3 inconclusive (130: check-optimizer interrupted).
+Exit codes: 0 success, 1 a check failed, 2 usage or error, 3 inconclusive (``report``: written, but some
+section failed) (130: check-optimizer interrupted).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import argparse
 import sys
 
 from topoverify import __version__
-from topoverify.cli import bounds, check_optimizer, spec, verify_step
+from topoverify.cli import bounds, check_optimizer, report, spec, verify_step
 from topoverify.errors import TopoverifyError
 
 __all__ = ["build_parser", "main"]
 
-SUBCOMMANDS = (verify_step, bounds, spec, check_optimizer)
+SUBCOMMANDS = (report, verify_step, bounds, spec, check_optimizer)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,10 @@ sweep (T3's onset, T8's lr·K at every step).
 Modules: :mod:`~topoverify.experiments.scenarios` (models, data, losses with a known initial cloud),
 :mod:`~topoverify.experiments.clouds` (point-cloud generators), :mod:`~topoverify.experiments.rate_sweep` (the
 sweep and optimizer factories), :mod:`~topoverify.experiments.sweep_result` (what it records),
-:mod:`~topoverify.experiments.snapshots` (one recorded state's topology).
+:mod:`~topoverify.experiments.snapshots` (one recorded state's topology),
+:mod:`~topoverify.experiments.simplification` (a scenario that simplifies its topology while training converges),
+:mod:`~topoverify.experiments.schedules` and :mod:`~topoverify.experiments.schedule_analysis` (learning-rate
+schedules along a run, T4).
 """
 
 from topoverify.experiments.clouds import BETTI, circle, figure_eight, sphere, torus, two_circles
@@ -17,6 +20,11 @@ from topoverify.experiments.scenarios import (DIGITS_RATES, SCENARIOS, Scenario,
 from topoverify.experiments.snapshots import TopologySnapshot, optimizer_state_cloud, topology_snapshot
 from topoverify.experiments.rate_sweep import adam_factory, sgd_factory, sweep
 from topoverify.experiments.sweep_result import RunRecord, SweepResult
+from topoverify.experiments.simplification import (SIMPLIFICATION_RATES, SIMPLIFICATION_STEPS,
+                                                   simplification_scenario)
+from topoverify.experiments.schedules import (ScheduleSpec, constant, schedule_from_config, step_decay,
+                                              torch_scheduler, warmup_cosine)
+from topoverify.experiments.schedule_analysis import ScheduleAnalysis, analyse_schedule
 
 __all__ = [
     # scenarios
@@ -28,4 +36,7 @@ __all__ = [
     # the sweep
     "sweep", "sgd_factory", "adam_factory", "SweepResult", "RunRecord", "TopologySnapshot", "topology_snapshot",
     "optimizer_state_cloud",
+    # the second phase, and schedules (T4 along a run)
+    "simplification_scenario", "SIMPLIFICATION_RATES", "SIMPLIFICATION_STEPS", "ScheduleSpec", "constant",
+    "warmup_cosine", "step_decay", "torch_scheduler", "schedule_from_config", "ScheduleAnalysis", "analyse_schedule",
 ]

@@ -24,6 +24,11 @@ For each rate, :func:`sweep` trains a fresh copy of the scenario's model and rec
   that were merely close at the start never count, and a *growing* number of distinct neurons is never
   breakdown. The exact distinct count and the old tolerance count (``merge_rtol``) are recorded beside it.
 
+With ``ratios=True`` also each step's exact distance-ratio envelope of the tracked layer; with a learning-rate
+``schedule`` (T4: it enters through η_t) each rate is the schedule's base rate, lr·K is η_t·K_t and the
+topology is also recorded at the phase boundaries (:mod:`topoverify.experiments.sweep_run`: one run, step by
+step; :mod:`topoverify.experiments.schedule_analysis`: the phases, segments and T4's product bounds).
+
 What counts as a change, and the onsets, are defined in :mod:`topoverify.experiments.sweep_result`; T3's
 verdict on a sweep is :func:`topoverify.checks.critical_rate.check_critical_rate`.
 
@@ -37,23 +42,21 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from rich.progress import Progress, TaskID
+from rich.progress import Progress
 from torch import nn
 
 from topoverify import topology
-from topoverify.checks.step_bounds import step_in_place
-from topoverify.checks.step_prediction import predict_step
 from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.experiments.scenarios import Scenario
-from topoverify.experiments.sharpness_record import SharpnessRecorder
+from topoverify.experiments.schedules import ScheduleSpec
 from topoverify.experiments.snapshots import (DEFAULT_MERGE_RTOL, TopologySnapshot, optimizer_state_cloud,
                                               topology_snapshot)
 from topoverify.experiments.sweep_result import RunRecord, SweepResult
-from topoverify.neurons.layouts import NeuronLayer, neuron_cloud, resolve_layers
+from topoverify.experiments.sweep_run import SWITCHED_OFF, RunSetup, run_one
+from topoverify.neurons.layouts import NeuronLayer, resolve_layers
 from topoverify.neurons.preflight import preflight
 
 __all__ = ["sweep", "sgd_factory", "adam_factory", "DEFAULT_MERGE_RTOL",
@@ -62,8 +65,6 @@ __all__ = ["sweep", "sgd_factory", "adam_factory", "DEFAULT_MERGE_RTOL",
 
 OptimizerFactory = Callable[[nn.Module, float], torch.optim.Optimizer]
 
-_OVERFLOW = 1e30  # |θ| above this counts as divergence (ripser computes distances in float32)
-_SWITCHED_OFF = "prediction switched off (predict=False)"
 
 
 def sgd_factory(**kwargs) -> OptimizerFactory:
@@ -80,49 +81,6 @@ def adam_factory(**kwargs) -> OptimizerFactory:
         return torch.optim.Adam(model.parameters(), lr=lr, **kwargs)
     make.__name__ = "Adam" + (f"({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
     return make
-
-
-@dataclass(frozen=True)
-class _RunSetup:
-    """What every run of one sweep shares: the scenario, the tracked layer and the measurement options."""
-
-    scenario: Scenario
-    make_optimizer: OptimizerFactory
-    steps: int
-    every: int
-    layers: list[NeuronLayer]
-    idx: int
-    maxdim: int
-    n_perm: int | str | None
-    merge_rtol: float
-    predict: bool
-    power_iters: int
-    neighbors: int
-    seed: int
-    keep_diagrams: bool
-    rule: str
-    margin: float
-    roundoff_ulps: float
-    collapse_orders: float
-    sharpness: bool = True
-    sharpness_iters: int = 20
-    sharpness_tol: float = 1e-3
-
-    @property
-    def tracked(self) -> NeuronLayer:
-        return self.layers[self.idx]
-
-    def predict_at(self, model: nn.Module, opt: torch.optim.Optimizer, batch, step: int):
-        """:func:`predict_step` of the tracked layer at the current (pre-step) state."""
-        return predict_step(model, opt, self.scenario.loss_fn, batch, layers=self.layers, hessian=False,
-                            check_layout=False, power_iters=self.power_iters, neighbors=self.neighbors,
-                            seed=self.seed, step=step).layers[self.idx]
-
-
-def _finite_cloud(cloud: torch.Tensor) -> bool:
-    if not bool(torch.isfinite(cloud).all()):
-        return False
-    return float(cloud.abs().max()) < _OVERFLOW
 
 
 def _pick_layer(layers: list[NeuronLayer], which: str | int | None) -> int:
@@ -163,7 +121,8 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
           rule: str | None = None, margin: float = topology.DEFAULT_MARGIN,
           roundoff_ulps: float = topology.DEFAULT_ROUNDOFF_ULPS,
           collapse_orders: float = topology.DEFAULT_COLLAPSE_ORDERS, sharpness: bool = True,
-          sharpness_iters: int = 20, sharpness_tol: float = 1e-3) -> SweepResult:
+          sharpness_iters: int = 20, sharpness_tol: float = 1e-3, ratios: bool = False,
+          schedule: ScheduleSpec | None = None) -> SweepResult:
     """Run ``scenario`` for ``steps`` steps at each rate in ``lrs`` (see the module docstring).
 
     ``make_optimizer(model, lr)`` builds the optimizer (e.g. :func:`sgd_factory`, :func:`adam_factory`).
@@ -176,12 +135,23 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
     ``collapse_orders``: what counts as a merge (:class:`topoverify.topology.MergeTracker`). ``merge_rtol``:
     only for the informational ``distinct_tol`` count. ``predict=False`` skips the per-step K (faster; no ηK
     record). ``sharpness=False`` skips T8's per-step λ_max / λ_max(P⁻¹H) (at most ``sharpness_iters`` Lanczos
-    steps each, stopped at relative residual ``sharpness_tol``). ``progress``: a rich progress bar (default: only when stderr is a terminal). Never raises on
-    divergence: it is recorded per run.
+    steps each, stopped at relative residual ``sharpness_tol``). ``progress``: a rich progress bar (default: only
+    when stderr is a terminal). ``ratios=True`` records each step's exact distance-ratio envelope of the tracked
+    layer (``RunRecord.ratio_min``/``ratio_max``). ``schedule`` (:mod:`topoverify.experiments.schedules`): each
+    rate in ``lrs`` is the *base* rate, the scheduler ``schedule.make(optimizer, steps)`` is stepped after every
+    optimizer step, ``RunRecord.lrs[t]`` is the rate step t used (read from the optimizer) and lr·K is
+    η_t·K_t; a snapshot is also taken at every phase boundary (lr·K crossing 1, estimate). A schedule that
+    fails on a throwaway optimizer raises before any run. Never raises on divergence: it is recorded per run.
     """
     lrs = [float(v) for v in lrs]
     rule = getattr(scenario, "rule", "log2") if rule is None else rule
     _validate_options(steps, every, lrs, rule, margin, roundoff_ulps, collapse_orders, sharpness_iters, sharpness_tol)
+    if schedule is not None:
+        if not isinstance(schedule, ScheduleSpec):
+            raise TopoverifyError(f"schedule must be a ScheduleSpec (topoverify.experiments.schedules: constant(), "
+                                  f"warmup_cosine(), step_decay(), torch_scheduler(), schedule_from_config()); "
+                                  f"got {type(schedule).__name__}.")
+        schedule.preview(lrs[0], steps)  # a bad schedule fails here, before any training
     maxdim = scenario.maxdim if maxdim is None else int(maxdim)
     n_perm = scenario.n_perm if (isinstance(n_perm, int) and not isinstance(n_perm, bool) and n_perm == -1) \
         else n_perm
@@ -192,11 +162,12 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
     layers = resolve_layers(model0, None)
     idx = _pick_layer(layers, layer if layer is not None else scenario.layer)
     preflight(model0, layers, scenario.loss_fn, scenario.batch_at(0))
-    setup = _RunSetup(scenario=scenario, make_optimizer=make_optimizer, steps=steps, every=every, layers=layers,
-                      idx=idx, maxdim=maxdim, n_perm=n_perm, merge_rtol=merge_rtol, predict=predict,
-                      power_iters=power_iters, neighbors=neighbors, seed=seed, keep_diagrams=keep_diagrams,
-                      rule=rule, margin=margin, roundoff_ulps=roundoff_ulps, collapse_orders=collapse_orders,
-                      sharpness=bool(sharpness), sharpness_iters=sharpness_iters, sharpness_tol=float(sharpness_tol))
+    setup = RunSetup(scenario=scenario, make_optimizer=make_optimizer, steps=steps, every=every, layers=layers,
+                     idx=idx, maxdim=maxdim, n_perm=n_perm, merge_rtol=merge_rtol, predict=predict,
+                     power_iters=power_iters, neighbors=neighbors, seed=seed, keep_diagrams=keep_diagrams,
+                     rule=rule, margin=margin, roundoff_ulps=roundoff_ulps, collapse_orders=collapse_orders,
+                     sharpness=bool(sharpness), sharpness_iters=sharpness_iters, sharpness_tol=float(sharpness_tol),
+                     ratios=bool(ratios), schedule=schedule)
 
     # the prediction from the initial state, before any step
     opt0 = make_optimizer(model0, lrs[0])
@@ -215,7 +186,7 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
         except (UnsupportedError, NonFiniteError) as exc:
             reason = str(exc)
     else:
-        reason = _SWITCHED_OFF
+        reason = SWITCHED_OFF
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
     prog = Progress(transient=True) if show else None
@@ -225,7 +196,7 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
     try:
         task = prog.add_task(f"{scenario.name}", total=len(lrs) * max(steps, 1)) if prog else None
         for lr in lrs:
-            runs.append(_run(setup, lr, prog, task))
+            runs.append(run_one(setup, lr, prog, task))
     finally:
         if prog is not None:
             prog.stop()
@@ -234,107 +205,4 @@ def sweep(scenario: Scenario, make_optimizer: OptimizerFactory, lrs: Sequence[fl
         maxdim=maxdim, n_perm=n_perm, merge_rtol=merge_rtol, eta_star=eta_star, eta_star_certified=eta_star_cert,
         prediction_reason=reason, runs=runs, seconds=time.perf_counter() - t_start,
         description=scenario.description, rule=rule, margin=float(margin), sharpness_iters=sharpness_iters
-        if sharpness else 0, sharpness_tol=float(sharpness_tol))
-
-
-def _divergence_after_step(model: nn.Module, cloud: torch.Tensor, state: np.ndarray | None, t: int) -> str:
-    """Why the state after step ``t`` counts as diverged ("" when it does not)."""
-    if not _finite_cloud(cloud):
-        bad = "NaN/Inf" if not bool(torch.isfinite(cloud).all()) else f"|theta| > {_OVERFLOW:g}"
-        return f"parameters {bad} after step {t}"
-    if any(not bool(torch.isfinite(p).all()) for p in model.parameters()):
-        return f"parameters outside the tracked layer non-finite after step {t}"
-    if state is not None and not np.all(np.isfinite(state)):
-        return f"optimizer state non-finite after step {t}"
-    return ""
-
-
-def _run(setup: _RunSetup, lr: float, prog: Progress | None = None, task: TaskID | None = None) -> RunRecord:
-    """One training run at rate ``lr``: per-step lr·K (before the step), loss, divergence and snapshots."""
-    t0 = time.perf_counter()
-    scenario, steps, tracked = setup.scenario, setup.steps, setup.tracked
-    model = scenario.model()
-    opt = setup.make_optimizer(model, lr)
-
-    cloud = neuron_cloud(model, tracked).detach().clone()
-    state = optimizer_state_cloud(model, opt, tracked)
-    tracker = topology.MergeTracker(cloud, state, roundoff_ulps=setup.roundoff_ulps,
-                                    collapse_orders=setup.collapse_orders)
-
-    def snap(cloud, step, state) -> TopologySnapshot:
-        return topology_snapshot(cloud, step, maxdim=setup.maxdim, n_perm=setup.n_perm, merge_rtol=setup.merge_rtol,
-                                 keep_diagrams=setup.keep_diagrams, tracker=tracker, state=state, rule=setup.rule,
-                                 margin=setup.margin)
-
-    snapshots = [snap(cloud, 0, state)]
-    last_cloud, last_step, last_state = cloud, 0, state
-    losses: list[float] = []
-    eta_K: list[float | None] = []
-    eta_K_up: list[float | None] = []
-    available, reason = setup.predict, "" if setup.predict else _SWITCHED_OFF
-    diverged_at, divergence = None, ""
-    recorder = SharpnessRecorder(scenario.loss_fn, setup.sharpness_iters, setup.sharpness_tol, setup.seed) \
-        if setup.sharpness else None
-    sharp: list = []
-    for t in range(steps):
-        batch = scenario.batch_at(t)
-        sh = recorder.measure(model, opt, batch) if recorder is not None else None  # T8, pre-step
-        ek = eku = None
-        if available:
-            try:
-                lp = setup.predict_at(model, opt, batch, t)
-                if lp.available:
-                    ek, eku = lp.lr * lp.K_eff, lp.lr * lp.K_eff_upper
-                else:
-                    available, reason = False, lp.reason
-            except UnsupportedError as exc:
-                available, reason = False, str(exc)
-            except NonFiniteError as exc:  # a non-finite state is caught below as divergence
-                reason = str(exc)
-        try:
-            loss = step_in_place(model, opt, scenario.loss_fn, batch)
-        except RuntimeError as exc:  # e.g. an optimizer refusing non-finite values
-            diverged_at, divergence = t, f"step raised {type(exc).__name__}: {exc}"
-            break
-        losses.append(loss)
-        eta_K.append(ek)
-        eta_K_up.append(eku)
-        sharp.append(sh)
-        if not math.isfinite(loss):
-            diverged_at, divergence = t, f"loss {loss} at step {t}"
-            break
-        cloud = neuron_cloud(model, tracked).detach().clone()
-        state = optimizer_state_cloud(model, opt, tracked) if _finite_cloud(cloud) else None
-        divergence = _divergence_after_step(model, cloud, state, t)
-        if divergence:
-            diverged_at = t
-            break
-        last_cloud, last_step, last_state = cloud, t + 1, state
-        if (t + 1) % setup.every == 0 and t + 1 < steps:
-            snapshots.append(snap(cloud, t + 1, state))
-        if prog is not None:
-            prog.advance(task)
-    if prog is not None and diverged_at is not None:
-        prog.advance(task, steps - (diverged_at + 1) + 1)
-    if last_step != snapshots[-1].step:
-        snapshots.append(snap(last_cloud, last_step, last_state))
-    final_loss = math.nan
-    if diverged_at is None:
-        with torch.no_grad():
-            final_loss = float(scenario.loss_fn(model, scenario.batch_at(steps)))
-    return RunRecord(
-        lr=lr, steps=steps, steps_run=len(losses), loss=losses, final_loss=final_loss, eta_K=eta_K,
-        eta_K_upper=eta_K_up, prediction_available=available and any(v is not None for v in eta_K) or
-        (available and steps == 0), prediction_reason=reason, snapshots=snapshots,
-        diverged=diverged_at is not None, diverged_at=diverged_at, divergence=divergence,
-        seconds=time.perf_counter() - t0, **_sharpness_fields(sharp, recorder))
-
-
-def _sharpness_fields(sharp: list, recorder: SharpnessRecorder | None) -> dict:
-    """RunRecord's T8 arrays from the per-step measurements (empty when ``sharpness=False``)."""
-    if recorder is None:
-        return dict(sharpness_reason="sharpness switched off (sharpness=False)")
-    return dict(lambda_max=[s.lambda_max for s in sharp], precond_sharpness=[s.precond for s in sharp],
-                eos_threshold=[s.edge for s in sharp], sharpness_residual=[s.residual for s in sharp],
-                sharpness_seconds=sum(s.seconds for s in sharp), sharpness_reason=recorder.reason,
-                eos_quantity=recorder.kind)
+        if sharpness else 0, sharpness_tol=float(sharpness_tol), schedule=schedule.name if schedule else "")

@@ -306,6 +306,13 @@ def digits_scenario(n: int = 1024, radius: float = 1.0, batch_size: int | None =
         expected_betti=(1, 0, 1), maxdim=2, n_perm=150)
 
 
+def _simplification_scenario(**kwargs) -> Scenario:
+    """:func:`topoverify.experiments.simplification.simplification_scenario` (imported lazily: that module
+    builds on this one)."""
+    from topoverify.experiments.simplification import simplification_scenario
+    return simplification_scenario(**kwargs)
+
+
 SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "circle": circle_scenario,
     "two_circles": two_circles_scenario,
@@ -313,6 +320,7 @@ SCENARIOS: dict[str, Callable[..., Scenario]] = {
     "sphere": sphere_scenario,
     "torus": torus_scenario,
     "digits": digits_scenario,
+    "simplification": _simplification_scenario,
 }
 
 

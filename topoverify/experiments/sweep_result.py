@@ -40,6 +40,10 @@ class RunRecord(ResultMixin):
     λ_max(P⁻¹H) for Adam (None at t = 0: no preconditioner before the first step), ``eos_threshold[t]`` the
     edge on ``eos_quantity`` (lr·λ_max for SGD, lr·λ_max(P⁻¹H) for Adam), ``sharpness_residual[t]`` the
     relative Lanczos residual of that quantity: estimates, not bounds. ``sharpness_seconds``: their cost.
+
+    ``lrs[t]``: the rate of step t, read from the optimizer (``lr`` without a ``schedule``; with one, ``lr`` is
+    its base rate), so ``eta_K[t]`` = lrs[t]·K_eff(θ_t). ``ratio_min/max[t]`` (``ratios=True``): the exact
+    min/max over pairs of distinct neurons of ‖θ^{t+1}_i − θ^{t+1}_j‖/‖θ^t_i − θ^t_j‖ (None: no pair), observed.
     """
 
     lr: float
@@ -63,14 +67,22 @@ class RunRecord(ResultMixin):
     eos_quantity: str = ""
     sharpness_reason: str = ""
     sharpness_seconds: float = 0.0
+    lrs: list[float] = field(default_factory=list)
+    ratio_min: list[float | None] = field(default_factory=list)
+    ratio_max: list[float | None] = field(default_factory=list)
+    schedule: str = ""
+
+    def lr_at(self, t: int) -> float:
+        """The rate of step t (``lrs[t]``; ``lr`` where not recorded)."""
+        return self.lrs[t] if t < len(self.lrs) else self.lr
 
     @property
     def eos_ratio(self) -> list[float | None]:
         """T8: lr·S_t / edge_t per step, S = λ_max(H) (SGD) or λ_max(P⁻¹H) (Adam); ≥ 1 is past the edge of
         stability of the quadratic model (None where not measured)."""
         values = self.precond_sharpness if self.eos_quantity == PRECONDITIONED else self.lambda_max
-        return [None if s is None or e is None or not e else self.lr * s / e
-                for s, e in zip(values, self.eos_threshold)]
+        return [None if s is None or e is None or not e else self.lr_at(t) * s / e
+                for t, (s, e) in enumerate(zip(values, self.eos_threshold))]
 
     @property
     def max_eos_ratio(self) -> float | None:
@@ -90,7 +102,7 @@ class RunRecord(ResultMixin):
     @property
     def max_lr_lambda_max(self) -> float | None:
         """max_t lr·λ_max(H) (to set beside max lr·K: T8 (b), K can be far below λ_max)."""
-        vals = [self.lr * v for v in self.lambda_max if v is not None]
+        vals = [self.lr_at(t) * v for t, v in enumerate(self.lambda_max) if v is not None]
         return max(vals) if vals else None
 
     @property
@@ -222,7 +234,8 @@ class RunRecord(ResultMixin):
     def __str__(self) -> str:
         div = f", DIVERGED at step {self.diverged_at} ({self.divergence})" if self.diverged else ""
         unc = " (start UNCERTAIN)" if self.start_uncertain else ""
-        return (f"lr={fmt(self.lr)}: {self.steps_run}/{self.steps} steps, final loss {fmt(self.final_loss)}{div}; "
+        sched = f" ({self.schedule})" if self.schedule else ""
+        return (f"lr={fmt(self.lr)}{sched}: {self.steps_run}/{self.steps} steps, final loss {fmt(self.final_loss)}{div}; "
                 f"max lr*K {fmt(self.max_eta_K)} (step {self.max_eta_K_step}); "
                 f"{self._eos_text()}Betti {self.initial.betti}{unc} -> "
                 f"{self.final.betti}, merged by collapse {self.merged} (distinct {self.initial.distinct} -> "
@@ -268,6 +281,7 @@ class SweepResult(ResultMixin):
     margin: float = topology.DEFAULT_MARGIN
     sharpness_iters: int = 0   # Lanczos budget per T8 measurement (0: not measured)
     sharpness_tol: float = 1e-3
+    schedule: str = ""   # the learning-rate schedule's name ("" without one; each run's lr is then its base rate)
 
     @property
     def lrs(self) -> list[float]:
@@ -338,7 +352,8 @@ class SweepResult(ResultMixin):
         return d
 
     def table(self) -> Table:
-        t = Table(title=f"sweep of {self.scenario} with {self.optimizer}, {self.steps} steps "
+        sched = f", schedule {self.schedule} (lr = base rate)" if self.schedule else ""
+        t = Table(title=f"sweep of {self.scenario} with {self.optimizer}{sched}, {self.steps} steps "
                         f"(layer {self.layer}; predicted eta* = {fmt(self.eta_star)}, certified "
                         f"{fmt(self.eta_star_certified)})")
         for c in ("lr", "lr/eta*", "max lr*K (step)", "before change", "max lr*K_cert", "steps lr*K>=1", "final loss",

@@ -210,34 +210,23 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
     caller's model) but whose parameter tensors are shared, read-only, to save copying them.
     Returns the samples and the loss. Raises :class:`UnsupportedError` for layers whose field is not of
     the T1 form or a model with active dropout, and :class:`NonFiniteError` for a NaN/Inf loss or signal.
+    The samples are built from the captured (h, δ) by :func:`samples_from_captures` (the monitor's path too).
     """
-    if layer.kind not in ("linear", "conv2d"):
-        raise UnsupportedError(
-            f"layer {layer.name!r} is an explicit layout; K_field needs a detected Linear/Conv2d block "
-            f"(producer -> activation -> consumer) to build the update field of T1.")
-    if any(f is None for f in layer.between_fns):
-        raise UnsupportedError(
-            f"layer {layer.name!r}: the ops between producer and consumer ({', '.join(layer.chain)}) are not "
-            f"'one activation, then linear ops', so the update field is not of the T1 form.")
-    if layer.activation_fn in (None, "identity") or isinstance(layer.activation_fn, str):
-        activation = get_activation(layer.activation)
-    else:
-        activation = get_activation(layer.activation_fn, name=layer.activation, key=layer.activation_key)
+    block_activation(layer)
     require_deterministic(model)
     m = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     mods = dict(m.named_modules())
     prod, cons = mods[layer.producer], mods[layer.consumer]
-    for fn in layer.between_fns:
-        if isinstance(fn, nn.MaxPool2d) or isinstance(fn, nn.AdaptiveMaxPool2d):
-            raise UnsupportedError(f"layer {layer.name!r}: max pooling after the activation makes the "
-                                   f"neuron's contribution nonlinear; K_field supports Flatten/AvgPool.")
+    check_between(layer)
     captured: dict[str, list] = {"h": [], "y": []}
 
-    def keep_input(_mod, inp, _out):
-        captured["h"].append(inp[0].detach())
+    def keep_input(mod, inp, _out):
+        if mod is prod:  # a hook copied from the caller's model (e.g. a monitor's) must not fire here
+            captured["h"].append(inp[0].detach())
 
-    def keep_output(_mod, _inp, out):
-        captured["y"].append(out)
+    def keep_output(mod, _inp, out):
+        if mod is cons:
+            captured["y"].append(out)
 
     handles = [prod.register_forward_hook(keep_input), cons.register_forward_hook(keep_output)]
     try:
@@ -255,17 +244,61 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
                                f"(shared weights); the update field of T1 needs one use of each.")
     h, y = captured["h"][0], captured["y"][0]
     delta = grads[0] if grads[0] is not None else torch.zeros_like(y)
-    if not torch.isfinite(delta).all():
-        raise NonFiniteError(f"layer {layer.name!r}{_at(step)}: the back-propagated signal is NaN/Inf.")
-    if isinstance(prod, nn.Linear):
-        H = h.reshape(-1, prod.in_features)
-        act_shape = (*h.shape[:-1], 1)  # one neuron's activation per sample (what the consumer slice sees)
-    else:
-        H, act_shape = _unfold_conv_input(prod, h, layer)
-    if prod.bias is not None:
-        H = torch.cat([H, torch.ones(H.shape[0], 1, dtype=H.dtype, device=H.device)], dim=1)
-    D = _pulled_back_signal(cons, layer, delta.detach(), act_shape, model)
-    return BlockSamples(H.detach(), D.detach(), activation, prod.bias is not None), float(loss.detach())
+    return samples_from_captures(model, layer, [(h, delta)], step=step), float(loss.detach())
+
+
+def block_activation(layer: NeuronLayer) -> Activation:
+    """The activation σ of a detected block, or :class:`UnsupportedError` when the layer's field is not of the
+    T1 form (an explicit layout, or ops between producer and consumer other than one activation and linear ops)."""
+    if layer.kind not in ("linear", "conv2d"):
+        raise UnsupportedError(
+            f"layer {layer.name!r} is an explicit layout; K_field needs a detected Linear/Conv2d block "
+            f"(producer -> activation -> consumer) to build the update field of T1.")
+    if any(f is None for f in layer.between_fns):
+        raise UnsupportedError(
+            f"layer {layer.name!r}: the ops between producer and consumer ({', '.join(layer.chain)}) are not "
+            f"'one activation, then linear ops', so the update field is not of the T1 form.")
+    if layer.activation_fn in (None, "identity") or isinstance(layer.activation_fn, str):
+        return get_activation(layer.activation)
+    return get_activation(layer.activation_fn, name=layer.activation, key=layer.activation_key)
+
+
+def check_between(layer: NeuronLayer) -> None:
+    """Refuse max pooling between producer and consumer (the neuron's contribution is then nonlinear)."""
+    for fn in layer.between_fns:
+        if isinstance(fn, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+            raise UnsupportedError(f"layer {layer.name!r}: max pooling after the activation makes the "
+                                   f"neuron's contribution nonlinear; K_field supports Flatten/AvgPool.")
+
+
+def samples_from_captures(model: nn.Module, layer: NeuronLayer, captures, *, step: int | None = None
+                          ) -> BlockSamples:
+    """The samples (H, D) of ``layer`` from captured pairs (h, δ): h the producer's input and δ = ∂L/∂y at the
+    consumer's output y of one forward pass. Several pairs (several backward passes before one step, gradient
+    accumulation) stack their rows: Φ is a sum over samples, so the field is the sum of the passes' fields.
+    Raises :class:`UnsupportedError` / :class:`NonFiniteError` as :func:`block_samples` does."""
+    activation = block_activation(layer)
+    check_between(layer)
+    mods = dict(model.named_modules())
+    prod, cons = mods[layer.producer], mods[layer.consumer]
+    Hs, Ds = [], []
+    for h, delta in captures:
+        if not torch.isfinite(delta).all():
+            raise NonFiniteError(f"layer {layer.name!r}{_at(step)}: the back-propagated signal is NaN/Inf.")
+        if isinstance(prod, nn.Linear):
+            H = h.reshape(-1, prod.in_features)
+            act_shape = (*h.shape[:-1], 1)  # one neuron's activation per sample (what the consumer slice sees)
+        else:
+            H, act_shape = _unfold_conv_input(prod, h, layer)
+        if prod.bias is not None:
+            H = torch.cat([H, torch.ones(H.shape[0], 1, dtype=H.dtype, device=H.device)], dim=1)
+        Hs.append(H.detach())
+        Ds.append(_pulled_back_signal(cons, layer, delta.detach(), act_shape, model).detach())
+    if not Hs:
+        raise UnsupportedError(f"layer {layer.name!r}{_at(step)}: no captured forward/backward pass to build "
+                               f"the update field from.")
+    H, D = (Hs[0], Ds[0]) if len(Hs) == 1 else (torch.cat(Hs), torch.cat(Ds))
+    return BlockSamples(H, D, activation, prod.bias is not None)
 
 
 def _unfold_conv_input(prod: nn.Conv2d, h: torch.Tensor, layer: NeuronLayer):
@@ -326,4 +359,4 @@ def _at(step):
     return "" if step is None else f" at step {step}"
 
 
-__all__ = ["BlockSamples", "block_samples"]
+__all__ = ["BlockSamples", "block_samples", "samples_from_captures", "block_activation"]

@@ -1,0 +1,42 @@
+"""The short terminal summary of a report: one row per run (section, optimizer, rate, max lr·K, the phase it
+reached, topology start -> end, final loss), then the sections that were skipped or failed and the report's
+path. "phase reached" is from the per-step lr·K *estimate*: "preserving" when lr·K < 1 at every step (T3),
+"breakdown-possible" when some step reached lr·K >= 1 (a necessary condition for a change, not a proof of one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+
+from topoverify.formatting import fmt
+from topoverify.tables import render
+
+__all__ = ["summary_table", "summary_text"]
+
+COLUMNS = ("section", "optimizer", "rate", "max lr*K", "phase reached", "topology", "final loss")
+
+
+def summary_table(rows: Sequence) -> Table:
+    """A rich table of :class:`topoverify.reports.default_job.SummaryRow` s."""
+    t = Table(title="topoverify report: one row per run (lr*K: estimate)")
+    for c in COLUMNS:
+        t.add_column(c, justify="right" if c in ("rate", "max lr*K") else "left")
+    for r in rows:
+        t.add_row(r.section, r.optimizer, fmt(r.rate), fmt(r.max_lrK, 3), r.phase, r.topology, r.final_loss)
+    return t
+
+
+def summary_text(result, width: int = 140) -> str:
+    """The table, the skipped/failed sections and the report's path, as text (for the terminal)."""
+    lines = []
+    for o in result.outcomes:
+        if o.skipped:
+            lines.append(f"skipped {o.key}: {o.skipped}")
+        elif o.error:
+            lines.append(f"ERROR in {o.key}: {o.error}")
+    lines.append(f"{len(result.outcomes)} sections in {result.seconds:.1f} s; report: {result.files.html}")
+    lines.append(f"  (also {result.files.markdown}, {result.files.json}, {len(result.files.figures)} figures "
+                 f"in {result.files.out_dir})")
+    return render(summary_table(result.rows), "\n".join(lines), width=width)
