@@ -9,23 +9,11 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from topoverify import predict_step
+from monitor_helpers import mse as _loss, small_regression
 from topoverify.monitor import TopologyBreakdownWarning, TopologyMonitor
 from topoverify.monitor import bound as monitor_bound
-
-
-def _setup(seed=0, n=24, batch=32):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(3, n), nn.Tanh(), nn.Linear(n, 2)).double()
-    x = torch.randn(batch, 3, dtype=torch.float64)
-    y = torch.randn(batch, 2, dtype=torch.float64)
-    return model, (x, y)
-
-
-def _loss(m, b):
-    return ((m(b[0]) - b[1]) ** 2).mean()
 
 
 def _run(model, opt, batch, steps, *, lrs=None, predict=True, loss_fn=_loss, **mon_kwargs):
@@ -261,3 +249,7 @@ def test_mutated_tier0_is_caught():
     assert _violations(lambda mp: None) == 0
     assert _violations(no_s2) > 0
     assert _violations(lambda mp: mp.setattr(cheap_bounds, "torch", _MaxNotSum())) > 0
+
+
+def _setup(seed=0, n=24, batch=32):
+    return small_regression(seed, n, batch)

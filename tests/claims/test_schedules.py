@@ -220,3 +220,10 @@ def test_config_kinds_build_the_same_schedules():
     assert isinstance(spec, ScheduleSpec) and spec.preview(1.0, 5)[-1] < 0.5
     rates = schedule_from_config({"kind": "warmup_cosine", "warmup": 0.2, "min_factor": 0.1}).preview(1.0, 50)
     assert max(rates) == pytest.approx(1.0) and int(np.argmax(rates)) == 9 and rates[-1] >= 0.1
+
+
+def test_steps_without_a_prediction_before_the_end_leave_the_verdict_open():
+    """Review finding: unknown steps in the middle hid a change from the 'no breakdown' verdict (False)."""
+    snaps = [_snap(0, (1, 1)), _snap(3, (1, 0)), _snap(6, (1, 0))]
+    an = analyse_schedule(_record([0.5, 0.5, None, None, 0.5, 0.5], snaps=snaps))
+    assert an.simplified_then_preserved is None and "without a prediction" in an.note

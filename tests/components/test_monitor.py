@@ -14,19 +14,8 @@ import torch
 from torch import nn
 
 from topoverify import TopoverifyError, UnsupportedError, explicit_layer, predict_step
+from monitor_helpers import mse as _loss, small_regression
 from topoverify.monitor import RECORD_KEYS, TopologyMonitor
-
-
-def _setup(seed=0, n=16, batch=32):
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(3, n), nn.Tanh(), nn.Linear(n, 2)).double()
-    x = torch.randn(batch, 3, dtype=torch.float64)
-    y = torch.randn(batch, 2, dtype=torch.float64)
-    return model, (x, y)
-
-
-def _loss(m, b):
-    return ((m(b[0]) - b[1]) ** 2).mean()
 
 
 def _train(make_opt, steps=6, monitor=False, **kw):
@@ -218,3 +207,74 @@ def test_explicit_layout_is_recorded_unknown():
             opt.step()
     rec = mon.history[0]
     assert rec["phase"] == "unknown" and not rec["covered"] and "explicit layout" in rec["reason"]
+
+
+def _setup(seed=0, n=16, batch=32):
+    return small_regression(seed, n, batch)
+
+
+# ------------------------------------------------------------------------------------- review regressions
+
+
+def test_a_closure_step_is_not_covered():
+    """torch runs the step pre-hook before step() calls the closure: what the hooks hold then is an earlier
+    pass, so a closure step must not be certified from it."""
+    model, batch = _setup()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with TopologyMonitor(model, opt, topology_every=None, warn=False) as mon:
+        for _ in range(3):
+            def closure():
+                opt.zero_grad()
+                loss = _loss(model, batch)
+                loss.backward()
+                return loss
+            opt.step(closure)
+    assert [r["covered"] for r in mon.history] == [False] * 3
+    assert all("closure" in r["reason"] for r in mon.history)
+
+
+def test_backward_passes_without_a_step_hold_no_memory():
+    """A loop that back-propagates after zero_grad() without stepping (evaluation, saliency) keeps only the last
+    pass, and the step after it is covered."""
+    model, batch = _setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with TopologyMonitor(model, opt, topology_every=None, warn=False) as mon:
+        for set_to_none in (True, False) * 10:
+            model.zero_grad(set_to_none=set_to_none)
+            _loss(model, batch).backward()
+        assert len(mon._layers[0].capture.pairs) == 1
+        opt.zero_grad()
+        _loss(model, batch).backward()
+        opt.step()
+    assert mon.history[-1]["covered"], mon.history[-1]["reason"]
+
+
+def test_a_step_without_momentum_breaks_the_recursion():
+    """A momentum-0 step moves θ but leaves the buffer: the buffer recursion cannot span it, so the next bound
+    is never below predict_step's exact certified value."""
+    model, batch = _setup(n=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    with TopologyMonitor(model, opt, topology_every=None, warn=False) as mon:
+        for t in range(8):
+            g = opt.param_groups[0]
+            g["momentum"], g["lr"], g["weight_decay"] = (0.0, 1.0, 1.0) if t == 5 else (0.9, 0.05, 0.0)
+            opt.zero_grad()
+            _loss(model, batch).backward()
+            p = predict_step(model, opt, _loss, batch, hessian=False, check_layout=False).layers[0]
+            opt.step()
+            rec = mon.history[-1]
+            assert rec["covered"] and rec["lrK_bound"] >= p.lr * p.K_eff_upper * (1 - 1e-9), (t, rec)
+
+
+def test_active_dropout_is_monitored():
+    """The hooks read the user's own pass, masks included: dropout in training mode is no reason to refuse."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Dropout(0.1), nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    _, batch = _setup()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with TopologyMonitor(model, opt, topology_every=None, warn=False) as mon:
+        for _ in range(3):
+            opt.zero_grad()
+            _loss(model, batch).backward()
+            opt.step()
+    assert all(r["covered"] for r in mon.history), [r["reason"] for r in mon.history]

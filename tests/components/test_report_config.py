@@ -242,3 +242,12 @@ def test_training_state_words():
     assert training_state(R(diverged=False, final_loss=falling[-1], loss=falling)) == "converging"
     assert training_state(R(diverged=False, final_loss=0.8, loss=[1.0, 0.95, 0.9, 0.8])) == "decreasing"
     assert training_state(R(diverged=False, final_loss=2.0, loss=[1.0, 1.5, 2.0])) == "not decreasing"
+
+
+@pytest.mark.parametrize("kwargs", [{"momentom": 0.9}, {"momentum": "high"}])
+def test_a_misspelled_optimizer_keyword_is_a_config_error(kwargs):
+    """Review finding: such a keyword only failed when its section ran (exit 3); now it is refused up front."""
+    cfg = {"data": {"scenario": "circle"}, "optimizer": {"factory": "torch.optim:SGD", "kwargs": kwargs},
+           "run": {"rates": [0.01], "steps": 2}}
+    with pytest.raises(TopoverifyError, match=r"\[optimizer\].*kwargs"):
+        load_config(cfg)

@@ -244,3 +244,13 @@ def test_schedule_section(tmp_path):
     assert sec["kind"] == "schedule" and sec["data"]["analysis"]["segments"]
     assert "figures/s1_schedule_schedule.png" in [f["file"] for f in sec["figures"]]
     assert "Phase segments" in files.html.read_text()
+
+
+def test_a_monitor_without_a_start_snapshot_is_not_called_kept():
+    """Review finding: one snapshot (at close) was compared with itself and reported 'kept'."""
+    data = monitor_data()
+    data["topology"] = [p for p in data["topology"] if p["step"] == 29]
+    doc = Report("one snapshot")
+    doc.add_monitor(data, title="run")
+    topo = [r["topology"] for r in doc.to_dict()["summary"]]
+    assert topo == ["not recorded", "not recorded"]

@@ -161,6 +161,10 @@ def _judge(run: RunRecord, segments: list[tuple[int, int, str]]) -> tuple[bool |
     if last[2] != PRESERVING:
         return False, f"the run ends in a breakdown-possible segment [{last[0]}, {last[1]})"
     breakdown = [s for s in segments if s[2] == BREAKDOWN]
+    if any(s[2] == UNKNOWN for s in segments[:-1]):
+        unknown = [s for s in segments[:-1] if s[2] == UNKNOWN]
+        return None, (f"steps without a prediction ({', '.join(f'[{a}, {b})' for a, b, _ in unknown)}): their "
+                      "phase is unknown, so where the topology changed cannot be judged")
     if not breakdown:
         return False, "no breakdown-possible step: nothing to simplify in"
     start_b, final_start = breakdown[0][0], last[0]

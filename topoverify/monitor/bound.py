@@ -28,7 +28,7 @@ from torch import nn
 from topoverify.measure.cheap_bounds import max_row_norm, tier0_bound
 from topoverify.measure.field import BlockSamples
 from topoverify.measure.interval import U64
-from topoverify.neurons.layouts import NeuronLayer, neuron_blocks
+from topoverify.neurons.layouts import NeuronLayer, neuron_blocks, neuron_cloud
 from topoverify.rules.reading import member_groups
 from topoverify.rules.sgd import SGD_RULE
 
@@ -185,6 +185,15 @@ def buffer_ratio_step(rho_prev: float, K_G_prev: float, lrK_prev: float, momentu
     return round_up(num / (1 - lrK_prev) * (1 + 2 * U64))
 
 
+def buffer_cloud(model: nn.Module, optimizer: torch.optim.Optimizer, layer: NeuronLayer) -> torch.Tensor | None:
+    """The layer's momentum buffers as a cloud (None while some member has no buffer)."""
+    params = dict(model.named_parameters())
+    bufs = {m.name: optimizer.state.get(params[m.name], {}).get("momentum_buffer") for m in layer.members}
+    if any(b is None for b in bufs.values()):
+        return None
+    return neuron_cloud(model, layer, bufs)
+
+
 @dataclass
 class MomentumTrack:
     """What the next step's recursion needs from the previous one (per layer)."""
@@ -197,19 +206,20 @@ class MomentumTrack:
     cloud_after: torch.Tensor | None = None
     buffer_after: torch.Tensor | None = None
     coefs: tuple[float, float, float] = (0.0, 0.0, 0.0)  # (c_g, c_b, lr) of the previous step
+    step: int | None = None           # the step these values belong to
 
-    def continues(self, cloud: torch.Tensor, buffer: torch.Tensor) -> bool:
-        """Whether the recursion applies: a finite previous bound < 1 with a buffer, and the cloud and buffer
-        exactly as the previous optimizer step left them."""
-        return (self.rho is not None and math.isfinite(self.rho) and self.lrK < 1
+    def continues(self, cloud: torch.Tensor, buffer: torch.Tensor, t: int) -> bool:
+        """Whether the recursion applies at step ``t``: the values are step t − 1's, a finite bound < 1 with a
+        buffer, and the cloud and buffer exactly as that optimizer step left them."""
+        return (self.step == t - 1 and self.rho is not None and math.isfinite(self.rho) and self.lrK < 1
                 and self.cloud_after is not None and self.buffer_after is not None
                 and torch.equal(cloud, self.cloud_after) and torch.equal(buffer, self.buffer_after))
 
     def forget(self) -> None:
-        self.rho, self.K_G, self.lrK = None, math.inf, math.inf
+        self.rho, self.K_G, self.lrK, self.step = None, math.inf, math.inf, None
         self.cloud_after = self.buffer_after = None
 
 
 __all__ = ["FieldCheck", "check_field", "grad_rows", "member_params", "point_rows", "part_norms", "field_at",
            "tier0_lipschitz_upper", "cached_groups", "cached_step_map", "gradient_lipschitz_upper", "buffer_ratio_step",
-           "MomentumTrack", "GRADIENT_CHECK_NEURONS", "round_up"]
+           "MomentumTrack", "buffer_cloud", "GRADIENT_CHECK_NEURONS", "round_up"]

@@ -5,7 +5,8 @@ output y (:func:`topoverify.measure.field.samples_from_captures` turns the pairs
 A forward counts only when gradients are enabled and the consumer's output requires grad; its δ arrives
 through a tensor hook on y during the user's ``backward``. A forward without a backward (validation under
 grad) never delivers δ and is dropped at the next step; several backward passes before one step (gradient
-accumulation) deliver several pairs, whose rows stack (Φ is a sum over samples). Every hook returns None, so
+accumulation) deliver several pairs, whose rows stack (Φ is a sum over samples); a backward after
+``zero_grad()`` starts the stack afresh, so backward passes without a step hold no memory. Every hook returns None, so
 nothing the model computes changes. Hooks fire only for the monitored modules themselves: a copy of the
 model (``copy.deepcopy`` keeps hook dictionaries, e.g. inside :func:`topoverify.predict_step`) is ignored.
 """
@@ -52,6 +53,11 @@ class LayerCapture:
 
         def keep_delta(grad, _h=h):
             if not self._closed:
+                # δ reaches y before the producer's gradient accumulates (it is upstream of y): an empty or zero
+                # .grad there means zero_grad() ran since the earlier passes, whose samples are then stale
+                g = self.producer.weight.grad
+                if self.pairs and (g is None or not bool(g.any())):
+                    self.pairs = []
                 self.pairs.append((_h, grad.detach()))
             return None
 

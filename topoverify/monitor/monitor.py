@@ -107,7 +107,8 @@ class TopologyMonitor:
                                   f"pass the optimizer your loop steps.")
         require_full_precision(model)
         try:
-            found = resolve_layers(model, layers)
+            # active dropout is fine here: the hooks read the user's own pass, with its masks
+            found = resolve_layers(model, layers, deterministic=False)
         except LayoutError as exc:
             raise TopoverifyError(
                 f"TopologyMonitor: {exc} Fix: pass layers=[...] with topoverify.explicit_layer(...) or layers "
@@ -152,11 +153,14 @@ class TopologyMonitor:
         return self.full_every if (self.full_every is not None or bounded) else ADAPTIVE_FULL_EVERY
 
     # ------------------------------------------------------------------------------------------------------
-    def _before_step(self, optimizer, _args, _kwargs) -> None:
+    def _before_step(self, optimizer, args, kwargs) -> None:
         t = self.steps
+        # torch passes step's own arguments, the optimizer first: (optimizer, closure?) and kwargs
+        rest = args[1:] if args and args[0] is optimizer else args
+        closure = rest[0] if rest else kwargs.get("closure")
         for lay in self._layers:
             lay.tier = None
-            rec = self._layer_step(lay, t)
+            rec = self._layer_step(lay, t) if closure is None else self._closure_step(lay, t)
             self._log.add(rec, tier=lay.tier if rec["covered"] or rec["evaluated"] else None)
             if rec["phase"] == BREAKDOWN_POSSIBLE and not lay.warned:
                 lay.warned = True
@@ -177,14 +181,19 @@ class TopologyMonitor:
                 tr.cloud_after = tr.buffer_after = None
                 continue
             tr.cloud_after = neuron_cloud(self.model, lay.layer)
-            tr.buffer_after = self._buffer_cloud(lay.layer)
+            tr.buffer_after = _bound.buffer_cloud(self.model, self.optimizer, lay.layer)
 
-    def _buffer_cloud(self, layer: NeuronLayer) -> torch.Tensor | None:
-        params = dict(self.model.named_parameters())
-        bufs = {m.name: self.optimizer.state.get(params[m.name], {}).get("momentum_buffer") for m in layer.members}
-        if any(b is None for b in bufs.values()):
-            return None
-        return neuron_cloud(self.model, layer, bufs)
+    def _closure_step(self, lay: _Layer, t: int) -> dict:
+        """``optimizer.step(closure)``: the closure's backward runs inside step(), after this pre-hook, so what
+        was captured belongs to an earlier pass: discarded, and the step is not covered."""
+        if lay.capture is not None:
+            lay.capture.take()
+        lay.track.forget()
+        reason = ("optimizer.step(closure): the closure's forward/backward run inside step(), after the monitor "
+                  "reads the step, so the captured gradient is an earlier one; not covered")
+        return dict(step=t, layer=lay.name, lr=self._lr(lay), lrK_bound=None, lrK_estimate=None,
+                    lrK_certified=None, evaluated=False, phase=UNKNOWN, covered=False,
+                    reason=f"{self._no_rule}; {reason}" if self._kind == "none" else reason)
 
     def _layer_step(self, lay: _Layer, t: int) -> dict:
         rec = dict(step=t, layer=lay.name, lr=self._lr(lay), lrK_bound=None, lrK_estimate=None,
@@ -229,7 +238,7 @@ class TopologyMonitor:
         every = self._every(self._kind == "sgd")
         scheduled = every is not None and t % every == 0
         if self._kind == "sgd":
-            bound, why, tier, cloud = self._sgd_bound(lay, samples, cloud, W, A, check.scale, scheduled)
+            bound, why, tier, cloud = self._sgd_bound(lay, samples, cloud, W, A, check.scale, scheduled, t)
             if why:
                 reasons.append(why)
         else:
@@ -263,7 +272,7 @@ class TopologyMonitor:
         return rec
 
     def _sgd_bound(self, lay: _Layer, samples: BlockSamples, cloud, W: float, A: float, scale: float,
-                   scheduled: bool) -> tuple[float | None, str, int, torch.Tensor | None]:
+                   scheduled: bool, t: int) -> tuple[float | None, str, int, torch.Tensor | None]:
         """lr·K_eff_upper for torch.optim.SGD (:mod:`topoverify.monitor.bound`) from the cheapest tier below the
         threshold (0: norm bounds; 1: the exact hull bound, also on scheduled full evaluations so the record
         equals predict_step's there), a reason when not finite, the tier, and the cloud if it was read."""
@@ -275,7 +284,7 @@ class TopologyMonitor:
         rho = 0.0
         if buffer is not None and step_map.coef_buffer != 0:
             cloud = neuron_cloud(self.model, lay.layer) if cloud is None else cloud
-            if tr.continues(cloud, buffer):
+            if tr.continues(cloud, buffer, t):
                 rho = _bound.buffer_ratio_step(tr.rho, tr.K_G, tr.lrK, tr.momentum, tr.dampening)
             else:  # restart: exact pairwise ratio (as predict_step computes it)
                 rho = max_pair_ratio(cloud, buffer)
@@ -300,6 +309,9 @@ class TopologyMonitor:
             tr.rho = rho if buffer is not None else None
             tr.K_G, tr.lrK, tr.momentum, tr.dampening = K_G, lrK, mu, tau
             tr.coefs = (step_map.coef_grad, step_map.coef_buffer, step_map.lr)
+            tr.step = t
+        else:  # a step without momentum leaves the buffer alone but moves θ: the recursion cannot span it
+            tr.forget()
         if not math.isfinite(lrK):
             if not why:
                 why = "two coincident neurons carry different momentum buffers (rho_b = inf)"

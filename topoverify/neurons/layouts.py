@@ -300,11 +300,13 @@ def detect_layers(model: nn.Module) -> list[NeuronLayer]:
     return [validate_layer(model, layer) for layer in layers]
 
 
-def resolve_layers(model: nn.Module, layers=None) -> list[NeuronLayer]:
+def resolve_layers(model: nn.Module, layers=None, *, deterministic: bool = True) -> list[NeuronLayer]:
     """``layers`` as given (validated), a single layer, or detected automatically when ``None``.
 
-    Raises :class:`UnsupportedError` when dropout is active (:func:`require_deterministic`)."""
-    require_deterministic(model)
+    Raises :class:`UnsupportedError` when dropout is active (:func:`require_deterministic`) unless
+    ``deterministic=False`` (the training-loop monitor reads the user's own passes, masks included)."""
+    if deterministic:
+        require_deterministic(model)
     if layers is None:
         return detect_layers(model)
     if isinstance(layers, NeuronLayer):

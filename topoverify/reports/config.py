@@ -349,6 +349,7 @@ def load_config(source: str | os.PathLike | dict) -> JobConfig:
         raise _err("[optimizer].kwargs must not set lr: the rates come from [run].rates.")
     if "rates" not in run:
         raise _err("[run].rates is required, e.g. rates = [0.01, 0.1].")
+    _try_optimizer(opt_cls, opt_spec, opt_kw, _rates(run["rates"])[0])
     steps = _pos_int(run.get("steps", 100), "[run].steps")
     every = _pos_int(run.get("every", max(1, steps // 20)), "[run].every")
     schedule = None
@@ -370,6 +371,16 @@ def load_config(source: str | os.PathLike | dict) -> JobConfig:
         loss_fn=loss_fn, loss_name=str(loss_name or "the scenario's"), optimizer_cls=opt_cls, optimizer_kwargs=opt_kw,
         optimizer_name=getattr(opt_cls, "__name__", opt_spec) + (f"({kw_name})" if kw_name else ""),
         schedule=schedule, raw=cfg)
+
+
+def _try_optimizer(cls: Any, spec: str, kwargs: dict, lr: float) -> None:
+    """Build the optimizer once on a throwaway parameter, so that a misspelled or mistyped keyword is a config
+    error before anything runs (not a failed section)."""
+    try:
+        cls([torch.nn.Parameter(torch.zeros(1))], lr=lr, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's factory is reported with its key
+        raise _err(f"[optimizer]: {spec} cannot be built with kwargs {kwargs}: {type(exc).__name__}: {exc}. "
+                   f"Fix [optimizer].kwargs (names and types as the optimizer's constructor takes them).") from None
 
 
 def _loss(name: Any):

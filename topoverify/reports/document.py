@@ -326,7 +326,11 @@ def _monitor_row(section: str, data: dict, layer: str) -> dict[str, Any]:
              "preserving" if phases == {"preserving"} else "unknown")
     topo = sorted((p for p in data["topology"] if p.get("layer") == layer), key=lambda p: p["step"])
     verdict, betti, distinct = "not recorded", "n/a", "n/a"
-    if topo:
+    if len(topo) < 2 or topo[0]["step"] != 0:  # no record of the start: nothing to compare with
+        if topo:
+            betti = f"{tuple(topo[-1]['betti'])} at step {topo[-1]['step']} (start not recorded)"
+            distinct = f"{topo[-1].get('distinct')} at step {topo[-1]['step']}"
+    else:
         a, b = topo[0], topo[-1]
         lo = lambda p: list(p.get("betti_low") or p["betti"])  # noqa: E731
         hi = lambda p: list(p.get("betti_high") or p["betti"])  # noqa: E731
