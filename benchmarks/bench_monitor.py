@@ -63,54 +63,67 @@ def hull_seconds(sc) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "monitor.md"))
-    args = ap.parse_args()
-    sc = digits_scenario()
-    load_before = os.getloadavg()[0]
+def measure(sc, steps: int, repeats: int) -> dict:
+    """Best-of-``repeats`` times without and with the monitor on ``sc``, and what the monitor recorded."""
     train(sc, 5, False), train(sc, 5, True)  # warm-up
     plain, watched, mon, same = [], [], None, True
-    for _ in range(args.repeats):
-        s0, p0, _ = train(sc, args.steps, False)
-        s1, p1, mon = train(sc, args.steps, True)
+    for _ in range(repeats):
+        s0, p0, _ = train(sc, steps, False)
+        s1, p1, mon = train(sc, steps, True)
         plain.append(s0)
         watched.append(s1)
         same = same and all(torch.equal(a, b) for a, b in zip(p0, p1))
-    t_plain, t_mon = min(plain), min(watched)
-    cov = mon.report_data()["coverage"]
     model = sc.make_model()
     t0 = time.perf_counter()
     with TopologyMonitor(model, torch.optim.SGD(model.parameters(), lr=0.05), topology_every=None):
         pass  # close() takes one snapshot of the initial cloud
-    t_topo = time.perf_counter() - t0
-    t_hull = hull_seconds(sc)
     rec = max(mon.history, key=lambda r: r["lrK_bound"] if r["lrK_bound"] is not None else -1.0)
-    overhead = 100 * (t_mon - t_plain) / t_plain
+    return dict(plain=min(plain), watched=min(watched), cov=mon.report_data()["coverage"], same=same,
+                topo=time.perf_counter() - t0, max_bound=rec["lrK_bound"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--widths", type=int, nargs="+", default=[1024, 4096],
+                    help="hidden widths N of the digits network (1024 is the scenario's default)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "monitor.md"))
+    args = ap.parse_args()
+    load_before = os.getloadavg()[0]
+    rows = []
+    for n in args.widths:
+        r = measure(digits_scenario(n=n), args.steps, args.repeats)
+        cov, st = r["cov"], args.steps
+        rows.append(
+            f"| {n} | {r['plain']:.3f} | {r['watched']:.3f} | {100 * (r['watched'] - r['plain']) / r['plain']:.1f} % | "
+            f"{1e3 * r['plain'] / st:.2f} / {1e3 * (r['watched'] - r['plain']) / st:.2f} | "
+            f"{cov['bounded_steps']}/{cov['steps']} | {'/'.join(str(cov['bound_tiers'][k]) for k in '012')} | "
+            f"{cov['evaluated_steps']} | {r['max_bound']:.4g} | {'yes' if r['same'] else 'NO'} | {r['topo']:.2f} s "
+            f"({100 * r['topo'] / 100 / (r['plain'] / st):.0f} % of a step at topology_every=100) |")
+    t_hull = hull_seconds(digits_scenario())
     lines = [
         "## TopologyMonitor: overhead on a training loop",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {datetime.date.today().isoformat()}. digits_scenario() (sigmoid MLP "
-        f"64-1024-10, float64, minibatches of 128), SGD lr={DIGITS_RATES['SGD'][0]}, {args.steps} steps, best of "
-        f"{args.repeats}. Load average at start: {load_before:.2f}. Script: benchmarks/bench_monitor.py.",
+        f"{torch.get_num_threads()} threads; {datetime.date.today().isoformat()}. digits_scenario(n=N) (sigmoid MLP "
+        f"64-N-10, float64, minibatches of 128; N = 1024 is its default), SGD lr={DIGITS_RATES['SGD'][0]}, "
+        f"{args.steps} steps, best of {args.repeats}. Load average at start: {load_before:.2f}. Script: "
+        f"benchmarks/bench_monitor.py. Target: overhead < 10 % with every step covered by the bound.",
         "",
-        "| training (s) | with monitor (s) | overhead | per step (ms): training / added by the monitor "
-        "| steps covered by the bound | bound tiers 0/1/2 | full evaluations | max lr*K bound | bit-identical |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {t_plain:.3f} | {t_mon:.3f} | {overhead:.1f} % | {1e3 * t_plain / args.steps:.2f} / "
-        f"{1e3 * (t_mon - t_plain) / args.steps:.2f} | {cov['bounded_steps']}/{cov['steps']} | "
-        f"{'/'.join(str(cov['bound_tiers'][k]) for k in '012')} | {cov['evaluated_steps']} | {rec['lrK_bound']:.4g} | {'yes' if same else 'NO'} |",
+        "| N | training (s) | with monitor (s) | overhead | per step (ms): training / added by the monitor "
+        "| steps covered by the bound | bound tiers 0/1/2 | full evaluations | max lr*K bound | bit-identical "
+        "| one topology snapshot (amortized) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
         "",
-        f"The exact hull bound (tier 1, `BlockSamples.hull_bounds`, median of 50 calls at the initial state) "
-        f"costs {1e3 * t_hull:.2f} ms; the monitor now computes it only when the tier-0 norm-ball bound "
-        f"(measure/cheap_bounds.py) reaches the threshold. Before this change (every step tier 1, 8 checked "
-        f"neurons, double autograd pass): 0.746 s / 2.016 s, 170.4 % overhead, 3.73 / 6.35 ms per step.",
-        "",
-        f"One topology snapshot of the 1024-neuron cloud (maxdim 1, n_perm auto): {t_topo:.2f} s, paid every "
-        f"`topology_every` steps (default 100) and at close(); not included above.",
+        f"The exact hull bound (tier 1, `BlockSamples.hull_bounds`, median of 50 calls at the initial state, N = 1024) "
+        f"costs {1e3 * t_hull:.2f} ms; the monitor computes it only when the tier-0 norm-ball bound "
+        f"(measure/cheap_bounds.py) reaches the threshold. Before the tiers (every step tier 1, 8 checked "
+        f"neurons, double autograd pass), N = 1024: 0.746 s / 2.016 s, 170.4 % overhead, 3.73 / 6.35 ms per step.",
+        "The monitor's per-step work is O(R d + N d) plus a fixed number of small tensor operations (~1 ms of "
+        "Python and dispatch), the step's O(R N d): the overhead falls with the layer's size. Topology snapshots "
+        "(ripser) are paid every `topology_every` steps and at close(), outside the columns above.",
     ]
     write_markdown(lines, args.out)
 

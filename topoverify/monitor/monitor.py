@@ -78,7 +78,9 @@ class TopologyMonitor:
     ``layers``: as for predict_step (default: detected); ``threshold`` in (0, 1]: the per-step bound at or above
     which the full evaluation runs; ``full_every``: also evaluate every that many steps (default: never for
     SGD with a finite bound, :data:`ADAPTIVE_FULL_EVERY` where no per-step bound exists); ``topology_every``:
-    steps between topology snapshots (None: only at close); ``maxdim``/``n_perm``: for the snapshots;
+    steps between topology snapshots (None: only at close); ``maxdim``/``n_perm``: for the snapshots (default: 256
+    greedy landmarks, ~0.2 s for 1024 neurons in R^74 where exact persistence takes ~2 s; the subsampling's
+    uncertainty widens the Betti ranges, never hidden; ``n_perm=None`` for exact persistence);
     ``neighbors``/``power_iters``/``seed``: for the K estimate (each evaluated layer uses a fresh generator
     seeded with ``seed``, so its estimate equals ``predict_step(..., layers=[layer], seed=seed)``);
     ``warn``: issue :class:`TopologyBreakdownWarning` once per layer; ``min_tier``: the cheapest bound tried
@@ -90,7 +92,7 @@ class TopologyMonitor:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, layers=None, threshold: float = 0.5,
                  full_every: int | None = None, topology_every: int | None = 100, maxdim: int = 1,
-                 n_perm: int | str | None = "auto", neighbors: int = 2, power_iters: int = 20, seed: int = 0,
+                 n_perm: int | str | None = 256, neighbors: int = 2, power_iters: int = 20, seed: int = 0,
                  warn: bool = True, min_tier: int = 0):
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
             raise TopoverifyError(f"threshold must be in (0, 1] (the per-step bound on lr*K at or above which the "

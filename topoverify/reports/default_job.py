@@ -43,8 +43,8 @@ __all__ = ["Section", "SectionOutcome", "SummaryRow", "default_plan", "run_plan"
 #: circle/SGD rates as multiples of the predicted η* (η* ≈ 1.9 at θ_0; GD's edge of stability ≈ 0.03 η*:
 #: 0.0316 η* is the catapult, 0.0343 η* and above diverge).
 CIRCLE_MULTIPLES = {"full": (0.005, 0.015, 0.025, 0.0316, 0.0343, 0.053, 0.5), "quick": (0.005, 0.5)}
-CIRCLE_STEPS = {"full": 200, "quick": 50}
-PRESERVE_STEPS_QUICK = 100   # the quick form's "preserve" run (the full form: SIMPLIFICATION_STEPS)
+CIRCLE_STEPS = {"full": 200, "quick": 30}
+PRESERVE_STEPS_QUICK = 60   # the quick form's "preserve" run (the full form: SIMPLIFICATION_STEPS)
 #: the simplification and schedule sections run SIMPLIFICATION_STEPS (150) steps; the "simplify" rate's catapult
 #: (lr·K >= 1 at steps ~80-92) loses β1 near step 84; the schedule decays by SCHEDULE_GAMMA at
 #: SCHEDULE_DECAY_STEP, just after it
