@@ -13,9 +13,9 @@ any training with a message that names the fix.
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 from torch.optim import lr_scheduler as _lrs
 
 from topoverify.errors import TopoverifyError
+from topoverify.naming import import_named, split_name
 
 __all__ = ["ScheduleSpec", "constant", "warmup_cosine", "step_decay", "torch_scheduler", "schedule_from_config",
            "SCHEDULE_KINDS"]
@@ -140,22 +141,21 @@ def _resolve_class(cls_or_path: Any) -> type:
         cls = cls_or_path
     elif isinstance(cls_or_path, str) and cls_or_path.strip():
         path = cls_or_path.strip()
-        mod_name, _, attr = path.rpartition(":") if ":" in path else ("torch.optim.lr_scheduler", "", path)
+        mod_name, attr = split_name(path, default_module="torch.optim.lr_scheduler")
         if not mod_name or not attr:
             raise TopoverifyError(f"scheduler {path!r}: write 'module:Class' (e.g. 'torch.optim.lr_scheduler:StepLR') "
                                   f"or a class name of torch.optim.lr_scheduler (e.g. 'StepLR').")
         try:
-            mod = importlib.import_module(mod_name)
+            cls = import_named(mod_name, attr)
         except ModuleNotFoundError as exc:
             raise TopoverifyError(f"scheduler {path!r}: no module {exc.name or mod_name!r}. Fix the module path "
                                   f"(or install the package), e.g. 'torch.optim.lr_scheduler:StepLR'.") from None
-        if not hasattr(mod, attr):
-            known = [n for n, v in vars(mod).items() if isinstance(v, type) and issubclass(v, _lrs.LRScheduler)]
+        except AttributeError:
+            known = [n for n, v in vars(sys.modules[mod_name]).items() if isinstance(v, type) and issubclass(v, _lrs.LRScheduler)]
             close = difflib.get_close_matches(attr, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else (
                 f" Schedulers there: {', '.join(sorted(known))}." if known else "")
-            raise TopoverifyError(f"scheduler {path!r}: module {mod_name!r} has no {attr!r}.{hint}")
-        cls = getattr(mod, attr)
+            raise TopoverifyError(f"scheduler {path!r}: module {mod_name!r} has no {attr!r}.{hint}") from None
     else:
         raise TopoverifyError(f"torch_scheduler needs a scheduler class or a 'module:Class' string; got "
                               f"{cls_or_path!r}.")

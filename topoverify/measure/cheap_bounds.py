@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from topoverify.measure.interval import U64, gamma
+from topoverify.measure.interval import U64, block_top, gamma, round_up
 
 if TYPE_CHECKING:  # annotation only
     from topoverify.measure.field import BlockSamples
@@ -37,11 +37,6 @@ class CheapBound:
 
     norm: float
     reason: str = ""
-
-
-def _up(x: float, n: int = 4) -> float:
-    """x enlarged by the rounding of ~n float64 operations (x ≥ 0)."""
-    return x if not math.isfinite(x) else x * (1 + gamma(n + 4, U64)) + 1e-300
 
 
 def max_row_norm(blocks: list[torch.Tensor]) -> float:
@@ -59,20 +54,13 @@ def max_row_norm(blocks: list[torch.Tensor]) -> float:
     m = float(sq.max())
     if not math.isfinite(m):
         return math.inf
-    return _up(math.sqrt(_up(m, width)), 2)
+    return round_up(math.sqrt(round_up(m, width)), 2)
 
 
 def cloud_norms(cloud: torch.Tensor, d_w: int) -> tuple[float, float]:
     """(W, A): certified upper bounds on max_i ‖w̃_i‖ and max_i ‖a_i‖ of a cloud whose first ``d_w`` columns
     are w̃ (as in :class:`topoverify.measure.field.BlockSamples`)."""
     return max_row_norm([cloud[:, :d_w]]), max_row_norm([cloud[:, d_w:]])
-
-
-def block_top(a: float, b2: float) -> float:
-    """(a + √(a² + 4b²))/2 ≥ λ_max([[A, B], [Bᵀ, 0]]) for a ≥ λ_max(A), b² ≥ ‖B‖² (hull_bounds); rounded up."""
-    if not (math.isfinite(a) and math.isfinite(b2)):
-        return math.inf
-    return _up((a + math.sqrt(_up(a * a + 4 * b2))) / 2, 4)
 
 
 #: radii ρ_j of the symmetric intervals [−ρ_j, ρ_j] tabulated per activation (0, 10⁻³ … 10⁵ by ratios of
@@ -135,7 +123,7 @@ def tier0_bound(samples: BlockSamples, W: float, A: float, decay_max: float = 0.
     if not (math.isfinite(alpha) and math.isfinite(b2)):
         return CheapBound(math.inf, "tier 0 is not finite: the samples' norms overflow or σ'' has no finite "
                                     "bound on the norm-ball pre-activation intervals")
-    return CheapBound(_up(block_top(alpha, b2) + dmax, 2))
+    return CheapBound(round_up(block_top(alpha, b2) + dmax, 8))  # one rounding more than hull_bounds: never below it
 
 
-__all__ = ["CheapBound", "tier0_bound", "cloud_norms", "max_row_norm", "block_top"]
+__all__ = ["CheapBound", "tier0_bound", "cloud_norms", "max_row_norm"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from topoverify.measure.chunks import row_chunks
-from topoverify.measure.interval import U64, down, gamma, up
+from topoverify.measure.interval import U64, block_top, down, gamma, round_up, up
 
 if TYPE_CHECKING:  # annotation only: field.py imports this module
     from topoverify.measure.field import BlockSamples
@@ -111,25 +111,13 @@ def hull_bounds(samples: BlockSamples, cloud: torch.Tensor, decay_max: float = 0
     w_neg = torch.where(active, torch.maximum(cpos * sneg, cneg * spos), zero) * grow   # ≥ sup (cσ'')₋
     b2 = _lambda_max_weighted(H, S1 * grow) * _lambda_max_weighted(D, S1 * grow) * grow
     dmax = max(0.0, float(decay_max))
-    norm = _round_up(_block_top(_lambda_max_weighted(H, w_abs), b2) + dmax)
+    norm = round_up(block_top(_lambda_max_weighted(H, w_abs), b2) + dmax, 0)
     top = top_neg = None
     if 1 in signs:
-        top = min(_round_up(_block_top(_lambda_max_weighted(H, w_pos), b2) + dmax), norm)
+        top = min(round_up(block_top(_lambda_max_weighted(H, w_pos), b2) + dmax, 0), norm)
     if -1 in signs:
-        top_neg = min(_round_up(_block_top(_lambda_max_weighted(H, w_neg), b2) + dmax), norm)
+        top_neg = min(round_up(block_top(_lambda_max_weighted(H, w_neg), b2) + dmax, 0), norm)
     return HullBounds(norm, top, top_neg)
-
-
-def _round_up(x: float) -> float:
-    return x if not math.isfinite(x) else x * (1 + 4 * U64) + 1e-300
-
-
-def _block_top(a: float, b2: float) -> float:
-    """λ_max([[a, b], [b, 0]]) = (a + √(a² + 4b²))/2, an upper bound on λ_max([[A, B], [Bᵀ, 0]]) when
-    a ≥ λ_max(A) and b² ≥ ‖B‖² (for a unit vector (x, y): xᵀAx + 2xᵀBy ≤ a|x|² + 2b|x||y|); rounded up."""
-    if not (math.isfinite(a) and math.isfinite(b2)):
-        return math.inf
-    return _round_up((a + math.sqrt(a * a + 4 * b2)) / 2)
 
 
 def _lambda_max_weighted(X: torch.Tensor, w: torch.Tensor) -> float:

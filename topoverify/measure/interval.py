@@ -35,6 +35,20 @@ def gamma(n: int, u: float = U64) -> float:
     return nu / (1 - nu) if nu < 1 else _INF
 
 
+def round_up(x: float, n: int = 4) -> float:
+    """A float x ≥ 0 enlarged by the rounding of about ``n`` float64 operations (γ_{n+4}), plus the smallest
+    normal-ish slack; inf and nan pass through."""
+    return x if not math.isfinite(x) else x * (1 + gamma(n + 4, U64)) + 1e-300
+
+
+def block_top(a: float, b2: float) -> float:
+    """(a + √(a² + 4b²))/2 ≥ λ_max([[A, B], [Bᵀ, 0]]) when a ≥ λ_max(A) and b² ≥ ‖B‖² (for a unit vector (x, y):
+    xᵀAx + 2xᵀBy ≤ a|x|² + 2b|x||y|), rounded up; inf when either is not finite."""
+    if not (math.isfinite(a) and math.isfinite(b2)):
+        return math.inf
+    return round_up((a + math.sqrt(a * a + 4 * b2)) / 2, 0)  # ~3.5 roundings of u, relative, all told
+
+
 def down(x: torch.Tensor) -> torch.Tensor:
     """The next float64 below ``x`` (one ulp outward for a correctly rounded result)."""
     return torch.nextafter(x, torch.full_like(x, -_INF))
@@ -171,4 +185,4 @@ def _cube_up(x: torch.Tensor) -> torch.Tensor:
     return up(sq_for_high * x)
 
 
-__all__ = ["Interval", "down", "up", "lib_down", "lib_up", "gamma", "LIB_REL", "LIB_ABS", "U64"]
+__all__ = ["Interval", "round_up", "block_top", "down", "up", "lib_down", "lib_up", "gamma", "LIB_REL", "LIB_ABS", "U64"]

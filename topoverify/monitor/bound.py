@@ -27,17 +27,12 @@ from torch import nn
 
 from topoverify.measure.cheap_bounds import max_row_norm, tier0_bound
 from topoverify.measure.field import BlockSamples
-from topoverify.measure.interval import U64
+from topoverify.measure.interval import U64, round_up
 from topoverify.neurons.layouts import NeuronLayer, neuron_blocks, neuron_cloud
 from topoverify.rules.reading import member_groups
 from topoverify.rules.sgd import SGD_RULE
 
 GRADIENT_CHECK_NEURONS = 4
-
-
-def round_up(x: float) -> float:
-    """x enlarged by a few units of float64 rounding (the sums and quotients below are rounded up)."""
-    return x if not math.isfinite(x) else x * (1 + 4 * U64) + 1e-300
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ key, a wrong type, a module or callable that does not import) raises
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import os
@@ -57,6 +56,7 @@ from typing import Any
 import torch
 
 from topoverify.errors import TopoverifyError
+from topoverify.naming import import_named, split_name
 from topoverify.reports.default_job import Section
 
 __all__ = ["JobConfig", "load_config", "resolve_callable", "ALLOWED"]
@@ -112,22 +112,20 @@ def resolve_callable(spec: Any, where: str) -> Any:
         return spec
     if not isinstance(spec, str) or ":" not in spec or not all(spec.partition(":")[::2]):
         raise _err(f"{where} must be a string 'module:callable' (e.g. 'mypkg.models:make_model'); got {spec!r}.")
-    mod_name, _, attr = spec.partition(":")
+    mod_name, attr = split_name(spec)
     try:
-        obj = importlib.import_module(mod_name)
+        obj = import_named(mod_name, attr)
     except ModuleNotFoundError as exc:
         missing = exc.name or mod_name
         inside = "" if missing == mod_name or mod_name.startswith(missing + ".") else \
             f" (imported by {mod_name!r})"
         raise _err(f"no module named {missing!r}{inside} (from {where} = {spec!r}): is it installed / on "
                    f"PYTHONPATH? The config file's directory and the current directory are searched.") from None
+    except AttributeError:
+        raise _err(f"module {mod_name!r} has no attribute {attr!r} (from {where} = {spec!r}); check the "
+                   f"name after the ':'.") from None
     except Exception as exc:  # the user's module raised while importing
         raise _err(f"importing {mod_name!r} (from {where} = {spec!r}) raised {type(exc).__name__}: {exc}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise _err(f"module {mod_name!r} has no attribute {attr!r} (from {where} = {spec!r}); check the "
-                       f"name after the ':'.")
-        obj = getattr(obj, part)
     if not callable(obj):
         raise _err(f"{where} = {spec!r} is not callable.")
     return obj
