@@ -31,24 +31,55 @@ Hessian, pairs, persistence, merges), ``checks/`` (one checker per claim), ``exp
 strategies for tests).
 """
 
-from topoverify import topology
-from topoverify.checks.critical_rate import CriticalRateCheck, check_critical_rate
-from topoverify.checks.equivariance import (Counterexample, Coverage, EquivarianceReport, Interrupted,
-                                            assert_equivariant, equivariance_error)
-from topoverify.checks.field_identity import FieldIdentityCheck, check_field_identity
-from topoverify.checks.merges import SymmetryReport, check_identical_neurons
-from topoverify.checks.multistep import MultiStepVerification, verify_steps
-from topoverify.checks.step_bounds import LayerVerification, StepVerification, verify_step
-from topoverify.checks.step_prediction import LayerPrediction, StepPrediction, predict_step
 from topoverify.errors import LayoutError, NonFiniteError, TopoverifyError, UnsupportedError
-from topoverify.experiments.rate_sweep import sweep
-from topoverify.experiments.sweep_result import SweepResult
-from topoverify.monitor import TopologyBreakdownWarning, TopologyMonitor
-from topoverify.neurons.layouts import NeuronLayer, ParamAxis, detect_layers, explicit_layer, neuron_cloud
-from topoverify.neurons.permute import inverse_permutation, permute
-from topoverify.neurons.preflight import preflight
-from topoverify.reports.api import ReportResult, report
-from topoverify.rules import CoordinateFamily, OptimizerRule, register_rule, registered, sign_rule, unregister_rule
+from topoverify.lazy import lazy_names
+
+#: public name -> the module that defines it, imported on first use (PEP 562): `import topoverify` stays cheap,
+#: and a worker process of a sweep imports only what a run needs
+_LAZY = {
+    "topology": "topoverify.topology",
+    "CriticalRateCheck": "topoverify.checks.critical_rate",
+    "check_critical_rate": "topoverify.checks.critical_rate",
+    "Counterexample": "topoverify.checks.equivariance",
+    "Coverage": "topoverify.checks.equivariance",
+    "EquivarianceReport": "topoverify.checks.equivariance",
+    "Interrupted": "topoverify.checks.equivariance",
+    "assert_equivariant": "topoverify.checks.equivariance",
+    "equivariance_error": "topoverify.checks.equivariance",
+    "FieldIdentityCheck": "topoverify.checks.field_identity",
+    "check_field_identity": "topoverify.checks.field_identity",
+    "SymmetryReport": "topoverify.checks.merges",
+    "check_identical_neurons": "topoverify.checks.merges",
+    "MultiStepVerification": "topoverify.checks.multistep",
+    "verify_steps": "topoverify.checks.multistep",
+    "LayerVerification": "topoverify.checks.step_bounds",
+    "StepVerification": "topoverify.checks.step_bounds",
+    "verify_step": "topoverify.checks.step_bounds",
+    "LayerPrediction": "topoverify.checks.step_prediction",
+    "StepPrediction": "topoverify.checks.step_prediction",
+    "predict_step": "topoverify.checks.step_prediction",
+    "sweep": "topoverify.experiments.rate_sweep",
+    "SweepResult": "topoverify.experiments.sweep_result",
+    "TopologyBreakdownWarning": "topoverify.monitor",
+    "TopologyMonitor": "topoverify.monitor",
+    "NeuronLayer": "topoverify.neurons.layouts",
+    "ParamAxis": "topoverify.neurons.layouts",
+    "detect_layers": "topoverify.neurons.layouts",
+    "explicit_layer": "topoverify.neurons.layouts",
+    "neuron_cloud": "topoverify.neurons.layouts",
+    "inverse_permutation": "topoverify.neurons.permute",
+    "permute": "topoverify.neurons.permute",
+    "preflight": "topoverify.neurons.preflight",
+    "ReportResult": "topoverify.reports.api",
+    "report": "topoverify.reports.api",
+    "CoordinateFamily": "topoverify.rules",
+    "OptimizerRule": "topoverify.rules",
+    "register_rule": "topoverify.rules",
+    "registered": "topoverify.rules",
+    "sign_rule": "topoverify.rules",
+    "unregister_rule": "topoverify.rules",
+}
+
 
 __version__ = "0.1.0"
 
@@ -71,3 +102,6 @@ __all__ = [
     "LayoutError", "NonFiniteError", "TopoverifyError", "UnsupportedError",
     "__version__",
 ]
+
+
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -115,7 +115,7 @@ def test_example_config_loads_from_its_own_directory():
     """examples/report_config.toml names report_user_model:..., found because the config's directory is
     put on sys.path."""
     job = load_config(ROOT / "examples" / "report_config.toml")
-    assert job.seeds == [0, 1] and len(job.plan()) == 2
+    assert job.seeds == [0, 1] and len(job.plan()) == 1 and job.plan()[0].seeds == (0, 1)
     assert job.optimizer_name == "SGD(momentum=0.9)"
 
 
@@ -124,7 +124,10 @@ def test_seeds_set_the_initialisation_and_reach_the_data_factory(user_module):
     mod = importlib.import_module(user_module)
     job = load_config(_cfg(user_module, run={"rates": [0.01], "steps": 2, "seeds": [3, 4]}))
     plan = job.plan()
-    assert [s.seed for s in plan] == [3, 4]
+    # one section runs both seeds (issue 13): the sweep draws each seed's scenario from scenario_for_seed
+    assert len(plan) == 1 and plan[0].seeds == (3, 4) and plan[0].seed == 3
+    first = [next(sc.model().parameters()).detach() for sc in (plan[0].scenario(), plan[0].scenario_for_seed(3))]
+    assert torch.equal(*first)   # the rates and the per-layer table are predicted at the first seed
     state = torch.random.get_rng_state()
     s3, s3b, s4 = job.scenario(3), job.scenario(3), job.scenario(4)
     w = [next(s.model().parameters()).detach().clone() for s in (s3, s3b, s4)]
@@ -134,6 +137,37 @@ def test_seeds_set_the_initialisation_and_reach_the_data_factory(user_module):
     assert not torch.equal(s3.batch[0], s4.batch[0])
     single = load_config(_cfg(user_module, run={"rates": [0.01], "seeds": 7}))
     assert single.seeds == [7]
+
+
+def test_one_section_per_layer_with_every_seed_and_the_default_plan_seeds(user_module):
+    from topoverify.reports.default_job import SIMPLIFICATION_SEEDS, default_plan, slug
+    job = load_config(_cfg(user_module, run={"rates": [0.01], "seeds": [1, 2], "layers": ["0", "2"]}))
+    plan = job.plan()
+    assert [s.key for s in plan] == ["layer 0", "layer 2"] and all(s.seeds == (1, 2) for s in plan)
+    single = load_config(_cfg(user_module, run={"rates": [0.01], "seeds": [5]})).plan()
+    assert len(single) == 1 and single[0].seeds is None and single[0].seed == 5   # one seed: a plain sweep
+    full = {s.key: s for s in default_plan(quick=False)}
+    quick = {s.key: s for s in default_plan(quick=True)}
+    assert full["simplification/SGD"].seeds == SIMPLIFICATION_SEEDS["full"] == (0, 1, 2, 3)
+    assert len(full["simplification/SGD"].rates) == 2
+    assert all(s.seeds is None for s in quick.values())   # the quick form stays single-seed
+    assert slug("circle/SGD") == "circle-SGD" and slug("layer 0") == "layer-0" and slug("//") == "section"
+
+
+def test_run_options_give_each_section_its_run_folder(tmp_path):
+    from topoverify.reports.api import _options
+    from topoverify.reports.default_job import RunOptions
+    kw = RunOptions(workers=3, out_dir=str(tmp_path)).sweep_kwargs("digits/Adam")
+    assert kw == {"executor": "local", "workers": 3, "ray_address": None, "resume": True,
+                  "out_dir": str(tmp_path / "runs" / "digits-Adam")}
+    assert RunOptions(fresh=True).sweep_kwargs("x") == {"executor": "local", "workers": 1, "ray_address": None,
+                                                       "resume": False}
+    pytest.importorskip("ray")
+    assert _options(1, "", False, tmp_path).ray_address is None
+    opts = _options(2, "ray://head:10001", True, tmp_path)
+    assert (opts.executor, opts.ray_address, opts.fresh, opts.workers) == ("ray", "ray://head:10001", True, 2)
+    with pytest.raises(TopoverifyError, match="ray must be"):
+        _options(1, 3, False, tmp_path)
 
 
 def test_scenario_data_and_step_streams(user_module):
@@ -234,7 +268,7 @@ def test_a_dict_from_python_may_give_callables(user_module):
 
 def test_training_state_words():
     from types import SimpleNamespace as R
-    from topoverify.reports.default_job import training_state
+    from topoverify.reports.findings import training_state
     flat = [1.0] + [0.05] * 20
     assert training_state(R(diverged=True, final_loss=float("nan"), loss=[1.0])) == "diverged"
     assert training_state(R(diverged=False, final_loss=0.05, loss=flat)) == "settled"
@@ -251,3 +285,21 @@ def test_a_misspelled_optimizer_keyword_is_a_config_error(kwargs):
            "run": {"rates": [0.01], "steps": 2}}
     with pytest.raises(TopoverifyError, match=r"\[optimizer\].*kwargs"):
         load_config(cfg)
+
+
+def test_a_scheduled_config_with_seeds_runs_each_seed_and_resumes(tmp_path):
+    """[schedule] with several seeds: one scheduled run per (base rate, seed), each its own report section with
+    its seed; a second call reads both runs back."""
+    from topoverify.reports.api import report
+    cfg = {"title": "sched", "data": {"scenario": "circle", "kwargs": {"n": 12}},
+           "run": {"rates": [0.05], "steps": 3, "every": 3, "seeds": [0, 1], "sharpness": False, "ratios": False},
+           "schedule": {"kind": "step_decay", "step_size": 2, "gamma": 0.5}}
+    res = report(cfg, out_dir=tmp_path, progress=False)
+    assert res.ok, res.errors
+    assert [(r.rate, r.seed) for r in res.rows] == [(0.05, 0), (0.05, 1)]
+    d = json.loads(res.files.json.read_text())
+    assert [s["kind"] for s in d["sections"]] == ["schedule", "schedule"]
+    assert [s["title"].endswith(f"seed {i})") for i, s in enumerate(d["sections"])] == [True, True]
+    assert res.outcomes[0].n_computed == 2
+    again = report(cfg, out_dir=tmp_path, progress=False)
+    assert (again.outcomes[0].n_resumed, again.outcomes[0].n_computed) == (2, 0)

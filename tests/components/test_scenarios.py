@@ -94,3 +94,54 @@ def test_thin_figure_eight_scenario_uses_the_gap_rule():
     res = T.persistence(neuron_cloud(model, detect_layers(model)[0]))
     assert T.robust_betti(res, rule="gap") == s.expected_betti == (1, 2)
     assert T.robust_betti(res) == (1, 0)  # log 2 misses the thin loops
+
+
+# ----------------------------------------------------------------------------------------------------------
+# seeds: every factory can redraw its scenario with another seed (sweep(..., seeds=[...]))
+# ----------------------------------------------------------------------------------------------------------
+
+def _params(scenario) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in scenario.model().parameters()])
+
+
+@pytest.mark.parametrize("name", FAST + ["simplification"])
+def test_with_seed_redraws_the_initial_state_and_keeps_the_shape(name):
+    s = S.get_scenario(name)
+    assert s.reseed is not None
+    a, b = s.with_seed(1), s.with_seed(2)
+    assert a.name == s.name and a.expected_betti == s.expected_betti
+    assert not torch.equal(_params(a), _params(b))               # the seeds differ ...
+    assert torch.equal(_params(a), _params(s.with_seed(1)))      # ... and are reproducible
+    model = a.model()
+    layer = detect_layers(model)[0]
+    res = T.persistence(neuron_cloud(model, layer), maxdim=a.maxdim, n_perm=a.n_perm)
+    assert T.robust_betti(res, maxdim=a.maxdim, rule=a.rule) == a.expected_betti
+
+
+def test_circle_seed_zero_is_the_evenly_spaced_circle_and_other_seeds_jitter_it():
+    even = S.circle_scenario()
+    assert torch.equal(_params(even), _params(S.circle_scenario(seed=0)))
+    pts = S.jittered_unit_circle(64, 3, 0.2)
+    angles = np.unwrap(np.arctan2(pts[:, 1], pts[:, 0]))
+    spacing = 2 * np.pi / 64
+    assert np.all(np.abs(angles - spacing * np.arange(64)) <= 0.2 * spacing + 1e-12)   # order kept
+    assert np.all(np.abs(np.linalg.norm(pts, axis=1) - 1) <= 0.05 + 1e-12)
+    assert not np.allclose(pts, S.jittered_unit_circle(64, 0, 0.2))
+    with pytest.raises(TopoverifyError, match="jitter"):
+        S.circle_scenario(seed=1, jitter=0.5)
+    with pytest.raises(TopoverifyError, match="seed"):
+        S.circle_scenario(seed=-1)
+
+
+def test_with_seed_without_a_reseed_factory_seeds_torch_and_leaves_the_caller_generator_alone():
+    s = S.Scenario(name="user", make_model=lambda: torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),
+                                                                        torch.nn.Linear(8, 1)),
+                   batch=(torch.zeros(4, 2), torch.zeros(4, 1)), loss_fn=S.mse_loss)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = _params(s.with_seed(5))
+    assert torch.equal(torch.rand(1), before)       # fork_rng: the caller's stream continues unchanged
+    assert torch.equal(a, _params(s.with_seed(5))) and not torch.equal(a, _params(s.with_seed(6)))
+    with pytest.raises(TopoverifyError, match="seed"):
+        s.with_seed(True)

@@ -13,6 +13,8 @@ import ast
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "topoverify"
 MAX_LINES = 400
@@ -90,3 +92,24 @@ def test_the_checks_can_fail(tmp_path):
     assert "topoverify.strategies.models" in names and "topoverify.strategies.clouds" in names
     text = '"""Doc.\n\nSize: a reason.\n"""\n'
     assert any(line.startswith("Size:") for line in (ast.get_docstring(ast.parse(text)) or "").splitlines())
+
+
+def test_public_names_resolve_lazily():
+    """Every public name resolves (topoverify.lazy), and importing the package imports neither torch nor the
+    kit's modules: a sweep's worker process imports only what a run needs."""
+    import subprocess
+    import sys
+
+    import topoverify
+    import topoverify.experiments as experiments
+    for pkg in (topoverify, experiments):
+        unresolved = [n for n in pkg.__all__ if n != "__version__" and getattr(pkg, n, None) is None]
+        assert not unresolved, f"{pkg.__name__}: {unresolved}"
+        assert set(pkg.__all__) <= set(dir(pkg))
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        topoverify.not_a_name  # noqa: B018
+    code = ("import sys, topoverify, topoverify.experiments; "
+            "print(sorted(m for m in ('torch', 'topoverify.checks.step_prediction', 'topoverify.reports.api') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

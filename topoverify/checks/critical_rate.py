@@ -29,16 +29,23 @@ every step.
 Beside the verdict: the predicted η* of the first step's pre-step state, the empirical onset (the smallest
 rate with a certain topology change at some recorded step) and their ratio, descriptive only (K changes
 along a run, T8). The prediction never looks at the outcome: K_t comes from θ_t before step t.
+
+A sweep with several seeds is judged seed by seed, each seed's runs as their own sweep with that seed's η*
+(``RunRecord.eta_star``), and combined: ``"violated"`` if any seed's runs are, ``"holds"`` only if every seed's
+do, else ``"inconclusive"`` (``seed_checks`` holds each seed's verdict). A seed (or a sweep) with a rate
+whose run failed or is missing is never ``"holds"``: that run was not checked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from topoverify.checks.persistence import LOG_TOLERANCE, betti_bounds_after
+from topoverify.experiments.seed_stats import seed_eta_star, sweep_seeds
 from topoverify.experiments.snapshots import TopologySnapshot
 from topoverify.experiments.sweep_result import RunRecord, SweepResult
 from topoverify.formatting import ResultMixin, fmt
@@ -61,7 +68,7 @@ class RateOutcome(ResultMixin):
     whose change contradicts the accumulated T4/T5 bounds with K_upper (``estimate_violation_step`` with the
     estimate K). ``untested``: changes the checker cannot judge (see the module docstring).
     ``checked_steps``: the recorded steps whose topology was examined. ``counterexample``:
-    ``below_certified`` and a violation.
+    ``below_certified`` and a violation. ``seed``: the run's scenario seed (None without seeds).
     """
 
     lr: float
@@ -76,6 +83,7 @@ class RateOutcome(ResultMixin):
     estimate_violation_step: int | None = None
     untested: tuple[str, ...] = ()
     checked_steps: tuple[int, ...] = ()
+    seed: int | None = None
 
     @property
     def changed(self) -> bool:
@@ -91,7 +99,8 @@ class RateOutcome(ResultMixin):
         change = "kept" if self.change_step is None else f"changed at step {self.change_step}"
         if self.change_step is not None and self.violation_step is None:
             change += " (within the accumulated T4/T5 bounds)" if not self.untested else " (untested)"
-        return (f"lr={fmt(self.lr)}: max lr*K {fmt(self.max_lr_K, 3)} (certified {fmt(self.max_lr_K_upper, 3)}), "
+        seed = "" if self.seed is None else f", seed {self.seed}"
+        return (f"lr={fmt(self.lr)}{seed}: max lr*K {fmt(self.max_lr_K, 3)} (certified {fmt(self.max_lr_K_upper, 3)}), "
                 f"{below}; topology {change} at recorded steps {list(self.checked_steps)}"
                 f"{', diverged' if self.diverged else ''}"
                 + (f"  <-- COUNTEREXAMPLE to T3: {self.violation}" if self.counterexample else ""))
@@ -109,7 +118,12 @@ class CriticalRateCheck(ResultMixin):
     ``onset_ratio`` = onset_lr / eta_star, ``onset_ratio_certified`` = onset_lr / eta_star_certified.
     ``estimate_violations``: rates below η* at every step by the estimate K whose change contradicts the
     bounds with the estimate (not a bound: these refute the estimate, not T3). ``checked_steps``: lr → the
-    recorded steps whose topology was examined, for the certified runs.
+    recorded steps whose topology was examined, for the certified runs. ``unchecked_lrs``: rates with no
+    record (the run failed or is missing), never counted as holding.
+
+    With several seeds: ``seed_checks`` maps each seed to its own check (its runs, its η*); ``eta_star`` is the
+    first seed's, ``onset_lr`` the smallest rate with a change in any seed, the rate tuples are the distinct
+    rates of any seed, ``runs`` every run (by seed, then rate) and ``checked_steps`` the union over seeds.
     """
 
     verdict: str
@@ -127,12 +141,20 @@ class CriticalRateCheck(ResultMixin):
     runs: tuple[RateOutcome, ...]
     reason: str = ""
     checked_steps: dict[float, tuple[int, ...]] | None = None
+    unchecked_lrs: tuple[float, ...] = ()
+    seed_checks: dict[int | None, CriticalRateCheck] | None = None
 
     @property
     def holds(self) -> bool:
         return self.verdict == HOLDS
 
     def __str__(self) -> str:
+        if self.seed_checks:
+            head = (f"T3 critical rate on {self.scenario} with {self.optimizer} over seeds {list(self.seed_checks)}: "
+                    f"{self.verdict.upper()} (per seed: "
+                    + ", ".join(f"{s} {c.verdict}" for s, c in self.seed_checks.items()) + ")")
+            return "\n".join([head] + ([f"  {self.reason}"] if self.reason else [])
+                             + ["  " + line for c in self.seed_checks.values() for line in str(c).splitlines()])
         cover = ""
         if self.verdict == HOLDS and self.checked_steps:
             cover = " at the recorded steps " + "; ".join(f"lr={fmt(lr)}: {list(st)}"
@@ -235,7 +257,7 @@ def _outcome(run: RunRecord, testable_betti: bool) -> RateOutcome:
     return RateOutcome(lr=run.lr, max_lr_K=top, max_lr_K_upper=top_up, below_certified=below_up,
                        below_estimate=below, change_step=run.first_change_step, diverged=run.diverged,
                        violation_step=v_step, violation=why, estimate_violation_step=e_step, untested=untested,
-                       checked_steps=tuple(s.step for s in run.snapshots[1:]))
+                       checked_steps=tuple(s.step for s in run.snapshots[1:]), seed=run.seed)
 
 
 def _ratio(onset: float | None, eta: float | None) -> float | None:
@@ -252,7 +274,57 @@ def check_critical_rate(result: SweepResult) -> CriticalRateCheck:
 
         check = check_critical_rate(sweep(circle_scenario(), sgd_factory(), [0.01, 0.03, 2.0], 50, every=10))
         assert check.verdict != "violated", check
+
+    With several seeds, see the module docstring.
     """
+    seeds = sweep_seeds(result)
+    rates = sorted({r.lr for r in result.runs} | {f.lr for f in result.failures})
+    if len(seeds) <= 1:
+        return _check_one(result, rates)
+    per = {}
+    for s in seeds:
+        eta, eta_c = seed_eta_star(result, s)
+        sub = dataclasses.replace(result, scenario=f"{result.scenario} (seed {s})", seeds=[s], eta_star=eta,
+                                  eta_star_certified=eta_c, runs=[r for r in result.runs if r.seed == s],
+                                  failures=[f for f in result.failures if f.seed == s])
+        per[s] = _check_one(sub, rates)
+    return _combine(result, per)
+
+
+def _combine(result: SweepResult, per: dict[int | None, CriticalRateCheck]) -> CriticalRateCheck:
+    """One verdict from the seeds' own: violated if any, holds if all hold, else inconclusive."""
+    verdicts = [c.verdict for c in per.values()]
+    if VIOLATED in verdicts:
+        verdict, reason = VIOLATED, "violated in seed(s) " + ", ".join(str(s) for s, c in per.items()
+                                                                        if c.verdict == VIOLATED)
+    elif all(v == HOLDS for v in verdicts):
+        verdict, reason = HOLDS, ""
+    else:
+        verdict = INCONCLUSIVE
+        reason = "not every seed holds: " + "; ".join(f"seed {s}: {c.reason}" for s, c in per.items()
+                                                        if c.verdict == INCONCLUSIVE)
+
+    def union(name: str) -> tuple[float, ...]:
+        return tuple(sorted({lr for c in per.values() for lr in getattr(c, name)}))
+
+    steps: dict[float, set[int]] = {}
+    for c in per.values():
+        for lr, st in (c.checked_steps or {}).items():
+            steps.setdefault(lr, set()).update(st)
+    onset = result.onset_lr_transient
+    return CriticalRateCheck(
+        verdict=verdict, scenario=result.scenario, optimizer=result.optimizer, eta_star=result.eta_star,
+        eta_star_certified=result.eta_star_certified, onset_lr=onset, onset_ratio=_ratio(onset, result.eta_star),
+        onset_ratio_certified=_ratio(onset, result.eta_star_certified), certified_lrs=union("certified_lrs"),
+        estimate_lrs=union("estimate_lrs"), violations=union("violations"),
+        estimate_violations=union("estimate_violations"), runs=tuple(o for c in per.values() for o in c.runs),
+        reason=reason, checked_steps={lr: tuple(sorted(st)) for lr, st in sorted(steps.items())},
+        unchecked_lrs=union("unchecked_lrs"), seed_checks=per)
+
+
+def _check_one(result: SweepResult, rates: list[float]) -> CriticalRateCheck:
+    """T3 on a sweep with one run per rate; ``rates``: every rate of the sweep (a rate without a record here is
+    unchecked)."""
     testable_betti = result.rule == "log2"
     runs = tuple(_outcome(r, testable_betti) for r in sorted(result.runs, key=lambda r: r.lr))
     certified = tuple(o.lr for o in runs if o.below_certified)
@@ -262,11 +334,17 @@ def check_critical_rate(result: SweepResult) -> CriticalRateCheck:
     untested = [f"lr={fmt(o.lr)}: {u}" for o in runs if o.below_certified and not o.counterexample
                 for u in o.untested]
     onset = result.onset_lr_transient  # any recorded change: T3 is a claim about every step
+    recorded = {r.lr for r in result.runs}
+    unchecked = tuple(lr for lr in rates if lr not in recorded)
+    missing = ("" if not unchecked else "no record (run failed or missing) at lr = "
+               + ", ".join(fmt(lr) for lr in unchecked) + ": not checked")
     if violations:
         verdict, reason = VIOLATED, ""
     elif untested:
         verdict = INCONCLUSIVE
         reason = "certified runs changed in ways this checker cannot test: " + "; ".join(untested)
+    elif certified and missing:
+        verdict, reason = INCONCLUSIVE, missing
     elif certified:
         verdict, reason = HOLDS, ""
     else:
@@ -275,10 +353,12 @@ def check_critical_rate(result: SweepResult) -> CriticalRateCheck:
                                                             if r.prediction_reason}))
         reason = ("no run stayed below eta* (certified lr*K_upper < 1, finite) at every step: nothing for T3 to "
                   "test" + (f" (no prediction: {why})" if why else "; add smaller rates"))
+    if missing and reason != missing:
+        reason = f"{reason}; {missing}" if reason else missing
     return CriticalRateCheck(
         verdict=verdict, scenario=result.scenario, optimizer=result.optimizer, eta_star=result.eta_star,
         eta_star_certified=result.eta_star_certified, onset_lr=onset,
         onset_ratio=_ratio(onset, result.eta_star), onset_ratio_certified=_ratio(onset, result.eta_star_certified),
         certified_lrs=certified, estimate_lrs=estimate, violations=violations,
         estimate_violations=estimate_violations, runs=runs, reason=reason,
-        checked_steps={o.lr: o.checked_steps for o in runs if o.below_certified})
+        checked_steps={o.lr: o.checked_steps for o in runs if o.below_certified}, unchecked_lrs=unchecked)

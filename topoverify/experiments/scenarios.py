@@ -33,6 +33,7 @@ shape's embedding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ class Scenario:
     neurons). ``layer`` names the neuron layer whose cloud carries the shape (None: the first detected).
     ``rule``: the robust Betti rule under which ``expected_betti`` holds (``"log2"``, or ``"gap"`` for thin
     shapes; see :func:`topoverify.topology.robust_betti`), used by :func:`topoverify.sweep` by default.
+    ``reseed(seed)``: the same scenario drawn with another seed (initialisation, data order), set by the
+    factories of this module; see :meth:`with_seed`.
     """
 
     name: str
@@ -82,6 +85,25 @@ class Scenario:
     layer: str | None = None
     batches: Callable[[int], tuple] | None = None
     rule: str = "log2"
+    reseed: Callable[[int], "Scenario"] | None = None
+
+    def with_seed(self, seed: int) -> "Scenario":
+        """This scenario drawn with ``seed``: ``reseed(seed)`` when the factory set it; otherwise the same
+        scenario whose model is built after ``torch.manual_seed(seed)`` (inside ``torch.random.fork_rng``, so
+        the caller's generator is untouched): that changes a randomly initialised model, not a fixed one."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise TopoverifyError(f"a scenario seed must be an integer >= 0; got {seed!r}.")
+        if self.reseed is not None:
+            return self.reseed(int(seed))
+        make = self.make_model
+
+        def make_seeded(_make=make, _seed=int(seed)) -> nn.Module:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed)
+                return _make()
+
+        return dataclasses.replace(self, make_model=make_seeded, description=f"{self.description} (torch seed "
+                                                                             f"{int(seed)})")
 
     def model(self) -> nn.Module:
         return self.make_model()
@@ -156,17 +178,44 @@ def circle_mlp(n: int = 64, a: float = 0.5, d_in: int = 1, phase: float = 0.0,
     return model
 
 
-def circle_scenario(n: int = 64, n_data: int = 200, a: float = 0.5, dtype: torch.dtype = torch.float64
-                    ) -> Scenario:
-    """The default scenario (module docstring)."""
+def jittered_unit_circle(n: int, seed: int, jitter: float = 0.2) -> np.ndarray:
+    """(n, 2) points on the unit circle at angles 2πi/n; for ``seed`` > 0 each angle moved by a uniform jitter
+    of ±``jitter`` × the spacing and each radius scaled by 1 + U(−``jitter``/4, ``jitter``/4), from
+    ``numpy.random.default_rng(seed)`` (seed 0: the evenly spaced circle). ``jitter`` < 0.5 keeps the order."""
+    if not (0 <= jitter < 0.5):
+        raise TopoverifyError(f"jitter must be in [0, 0.5) (a fraction of the angular spacing, so the order "
+                              f"of the neurons is kept); got {jitter!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TopoverifyError(f"seed must be an integer >= 0 (0: the evenly spaced circle); got {seed!r}.")
+    phi = 2 * math.pi * np.arange(n) / n
+    r = np.ones(n)
+    if seed:
+        rng = np.random.default_rng(int(seed))
+        phi = phi + rng.uniform(-jitter, jitter, n) * 2 * math.pi / n
+        r = r * (1 + rng.uniform(-jitter / 4, jitter / 4, n))
+    return np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
+
+
+def circle_scenario(n: int = 64, n_data: int = 200, a: float = 0.5, dtype: torch.dtype = torch.float64,
+                    seed: int = 0, jitter: float = 0.2) -> Scenario:
+    """The default scenario (module docstring). ``seed`` > 0 jitters the initial circle
+    (:func:`jittered_unit_circle`); seed 0 is the evenly spaced circle. The data are the same for every seed."""
+    if seed:
+        cloud = _shift_a(jittered_unit_circle(n, seed, jitter), a)
+        make_model = lambda: two_layer_mlp(cloud, 1, 1, "tanh", True, dtype)  # noqa: E731
+    else:
+        jittered_unit_circle(1, seed, jitter)  # validates seed and jitter
+        make_model = lambda: circle_mlp(n=n, a=a, dtype=dtype)  # noqa: E731
     return Scenario(
         name="circle",
-        make_model=lambda: circle_mlp(n=n, a=a, dtype=dtype),
+        make_model=make_model,
         batch=_sin_data(n_data, dtype),
         loss_fn=mse_loss,
-        description=f"2-layer tanh MLP, {n} neurons with (w, b) on the unit circle and a = {a}; "
+        description=f"2-layer tanh MLP, {n} neurons with (w, b) on the unit circle"
+                    f"{f' (seed {seed}: jitter {jitter:g})' if seed else ''} and a = {a}; "
                     f"sin(2x) on {n_data} points of [-2, 2]; full-batch GD, MSE.",
-        expected_betti=(1, 1))
+        expected_betti=(1, 1),
+        reseed=lambda s: circle_scenario(n=n, n_data=n_data, a=a, dtype=dtype, seed=s, jitter=jitter))
 
 
 default_scenario = circle_scenario
@@ -177,7 +226,7 @@ default_scenario = circle_scenario
 # ----------------------------------------------------------------------------------------------------------
 
 def _planar_scenario(name: str, pts, a: float, n_data: int, dtype: torch.dtype, shape: str,
-                     expected_betti: tuple[int, ...], rule: str = "log2") -> Scenario:
+                     expected_betti: tuple[int, ...], rule: str = "log2", reseed=None) -> Scenario:
     """A 2-layer tanh MLP whose (w_i, b_i) are the planar points ``pts`` and a_i = a; sin(2x) data, MSE."""
     cloud = _shift_a(pts, a)
     return Scenario(
@@ -186,7 +235,7 @@ def _planar_scenario(name: str, pts, a: float, n_data: int, dtype: torch.dtype, 
         batch=_sin_data(n_data, dtype), loss_fn=mse_loss,
         description=f"2-layer tanh MLP, {len(pts)} neurons with (w, b) on {shape}, a = {a}; sin(2x) on "
                     f"{n_data} points; MSE.",
-        expected_betti=expected_betti, rule=rule)
+        expected_betti=expected_betti, rule=rule, reseed=reseed)
 
 
 def two_circles_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_data: int = 200,
@@ -194,7 +243,7 @@ def two_circles_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_da
     """Two disjoint circles of ``radius`` in the (w, b) plane (centres 3 radii apart), a_i = a; sin(2x) data."""
     pts = _clouds.two_circles(n, radius=radius, ambient_dim=2, seed=seed, separation=3.0, rotate=False)
     return _planar_scenario("two_circles", pts, a, n_data, dtype, f"two disjoint circles of radius {radius}",
-                            (2, 2))
+                            (2, 2), reseed=lambda s: two_circles_scenario(n, radius, a, n_data, s, dtype))
 
 
 def figure_eight_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_data: int = 200,
@@ -205,7 +254,8 @@ def figure_eight_scenario(n: int = 128, radius: float = 0.6, a: float = 0.5, n_d
     shape = (f"a figure-eight of two circles of radius {radius}" if aspect == 1 else
              f"a thin figure-eight (lobes {2 * radius:g} long, {aspect:g} times longer than wide)")
     return _planar_scenario("figure_eight", pts, a, n_data, dtype, shape, (1, 2),
-                            rule="log2" if aspect == 1 else "gap")
+                            rule="log2" if aspect == 1 else "gap",
+                            reseed=lambda s: figure_eight_scenario(n, radius, a, n_data, s, dtype, aspect))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,7 +286,8 @@ def sphere_scenario(n: int = 300, d_in: int = 16, radius: float = 1.0, n_data: i
         batch=_teacher_data(d_in, n_data, seed + 1, dtype), loss_fn=mse_loss,
         description=f"2-layer tanh MLP {d_in}-{n}-1, neurons on S^2 (radius {radius}) embedded in R^{d}; "
                     f"teacher regression y = sin(2 u.x) on {n_data} Gaussian points; MSE.",
-        expected_betti=(1, 0, 1), maxdim=2, n_perm=min(n, 120))
+        expected_betti=(1, 0, 1), maxdim=2, n_perm=min(n, 120),
+        reseed=lambda s: sphere_scenario(n, d_in, radius, n_data, s, dtype))
 
 
 def torus_scenario(n: int = 600, minor: float = 1.0, major: float = 1.0, n_data: int = 256, seed: int = 0,
@@ -253,7 +304,8 @@ def torus_scenario(n: int = 600, minor: float = 1.0, major: float = 1.0, n_data:
         batch=data, loss_fn=mse_loss,
         description=f"2-layer tanh MLP 2-{n}-1, neurons on a flat torus (radii {major}, {minor}) in R^4; "
                     f"y = sin(x1) cos(x2) on {n_data} Gaussian points; MSE.",
-        expected_betti=(1, 2, 1)[: maxdim + 1], maxdim=maxdim, n_perm=n_perm)
+        expected_betti=(1, 2, 1)[: maxdim + 1], maxdim=maxdim, n_perm=n_perm,
+        reseed=lambda s: torus_scenario(n, minor, major, n_data, s, maxdim, n_perm, dtype))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,7 +355,8 @@ def digits_scenario(n: int = 1024, radius: float = 1.0, batch_size: int | None =
         description=f"digits 8x8 (sklearn, {n_data} images, 10 classes), bias-free sigmoid MLP 64-{n}-10, "
                     f"neurons on S^2 (radius {radius}) embedded in R^74; cross-entropy; "
                     f"{'full batch' if batches is None else f'minibatches of {batch_size}'}.",
-        expected_betti=(1, 0, 1), maxdim=2, n_perm=150)
+        expected_betti=(1, 0, 1), maxdim=2, n_perm=150,
+        reseed=lambda s: digits_scenario(n, radius, batch_size, s, dtype))
 
 
 def _simplification_scenario(**kwargs) -> Scenario:
@@ -332,6 +385,6 @@ def get_scenario(name: str, **kwargs) -> Scenario:
 
 
 __all__ = ["Scenario", "circle_mlp", "circle_scenario", "default_scenario", "mse_loss", "cross_entropy_loss",
-           "two_layer_mlp", "two_circles_scenario", "figure_eight_scenario", "sphere_scenario",
+           "two_layer_mlp", "jittered_unit_circle", "two_circles_scenario", "figure_eight_scenario", "sphere_scenario",
            "torus_scenario", "digits_scenario", "load_digits_tensors", "DIGITS_RATES", "SCENARIOS",
            "get_scenario"]

@@ -30,13 +30,12 @@ diverged in 1 of 10 (300 steps), >= 0.14 diverges.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
 from topoverify.errors import TopoverifyError
-from topoverify.experiments.scenarios import Scenario, _sin_data, mse_loss, two_layer_mlp
+from topoverify.experiments.scenarios import Scenario, _sin_data, jittered_unit_circle, mse_loss, two_layer_mlp
 
 __all__ = ["simplification_scenario", "simplification_cloud", "SIMPLIFICATION_RATES", "SIMPLIFICATION_STEPS",
            "SIMPLIFICATION_SEEDS_MEASURED"]
@@ -59,18 +58,8 @@ def simplification_cloud(n: int = 32, a: float = 0.3, seed: int = 0, jitter: flo
     """The (n, 3) initial neurons (w_i, b_i, a_i): the unit circle, perturbed by ``seed`` (module docstring)."""
     if not isinstance(n, int) or n < 8:
         raise TopoverifyError(f"n must be an integer >= 8 (neurons on the circle); got {n!r}.")
-    if not (0 <= jitter < 0.5):
-        raise TopoverifyError(f"jitter must be in [0, 0.5) (a fraction of the angular spacing, so the order "
-                              f"of the neurons is kept); got {jitter!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise TopoverifyError(f"seed must be an integer >= 0 (0: the evenly spaced circle); got {seed!r}.")
-    phi = 2 * math.pi * np.arange(n) / n
-    r = np.ones(n)
-    if seed:
-        rng = np.random.default_rng(int(seed))
-        phi = phi + rng.uniform(-jitter, jitter, n) * 2 * math.pi / n
-        r = r * (1 + rng.uniform(-jitter / 4, jitter / 4, n))
-    return np.stack([r * np.cos(phi), r * np.sin(phi), np.full(n, float(a))], axis=1)
+    pts = jittered_unit_circle(n, seed, jitter)
+    return np.concatenate([pts, np.full((n, 1), float(a))], axis=1)
 
 
 def simplification_scenario(seed: int = 0, *, n: int = 32, a: float = 0.3, n_data: int = 200,
@@ -86,4 +75,5 @@ def simplification_scenario(seed: int = 0, *, n: int = 32, a: float = 0.3, n_dat
                     "full-batch GD, MSE; SGD at lr = "
                     f"{SIMPLIFICATION_RATES['preserve']:g} keeps the circle; at "
                     f"{SIMPLIFICATION_RATES['simplify']:g} a catapult kills beta1 while the loss converges",
-        expected_betti=(1, 1))
+        expected_betti=(1, 1),
+        reseed=lambda s: simplification_scenario(s, n=n, a=a, n_data=n_data, jitter=jitter, dtype=dtype))

@@ -4,7 +4,10 @@ predicted η* (T3) against the empirical onset of topology change, with their te
 A topology change is reported only when it is certain: a Betti number whose range at a recorded step does
 not meet its range at the start (ranges from the uncertainty ``margin``), or a merge by collapse (T6).
 Betti numbers that differ within the uncertainty, or a start whose own Betti numbers are uncertain, are
-reported as *uncertain*, not as a change.
+reported as *uncertain*, not as a change. With several seeds the statistics over seeds (fractions with their
+intervals, per-seed onsets) are :mod:`topoverify.experiments.seed_stats`.
+
+Size: the run record's derived quantities and the sweep's text stay beside the fields they read.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from rich.table import Table
+from rich.text import Text
 
 from topoverify import topology
 from topoverify.experiments.sharpness_record import PRECONDITIONED
@@ -23,7 +27,7 @@ from topoverify.formatting import ResultMixin, fmt, jsonable
 from topoverify.symbolic import epsilon_numeric
 from topoverify.tables import render
 
-__all__ = ["RunRecord", "SweepResult"]
+__all__ = ["RunRecord", "RunFailure", "SweepResult"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,10 @@ class RunRecord(ResultMixin):
     λ_max(P⁻¹H) for Adam (None at t = 0: no preconditioner before the first step), ``eos_threshold[t]`` the
     edge on ``eos_quantity`` (lr·λ_max for SGD, lr·λ_max(P⁻¹H) for Adam), ``sharpness_residual[t]`` the
     relative Lanczos residual of that quantity: estimates, not bounds. ``sharpness_seconds``: their cost.
+
+    ``seed``: the scenario seed of this run (None for a sweep without ``seeds``); ``eta_star`` and
+    ``eta_star_certified``: 1/K_eff and 1/K_eff_upper predicted at this run's own θ_0 (its seed's initial state;
+    None without a prediction).
 
     ``lrs[t]``: the rate of step t, read from the optimizer (``lr`` without a ``schedule``; with one, ``lr`` is
     its base rate), so ``eta_K[t]`` = lrs[t]·K_eff(θ_t). ``ratio_min/max[t]`` (``ratios=True``): the exact
@@ -71,6 +79,9 @@ class RunRecord(ResultMixin):
     ratio_min: list[float | None] = field(default_factory=list)
     ratio_max: list[float | None] = field(default_factory=list)
     schedule: str = ""
+    seed: int | None = None
+    eta_star: float | None = None
+    eta_star_certified: float | None = None
 
     def lr_at(self, t: int) -> float:
         """The rate of step t (``lrs[t]``; ``lr`` where not recorded)."""
@@ -250,6 +261,24 @@ class RunRecord(ResultMixin):
 
 
 @dataclass(frozen=True)
+class RunFailure(ResultMixin):
+    """A run of a sweep that produced no record: its code raised (``kind="error"``, with the traceback) or the
+    process running it died (``kind="worker-died"``: killed, out of memory, a crash in native code).
+    Divergence is not a failure: a diverged run is a :class:`RunRecord` with ``diverged=True``."""
+
+    lr: float
+    seed: int | None
+    error: str
+    kind: str = "error"
+    traceback: str = ""
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        seed = "" if self.seed is None else f", seed {self.seed}"
+        return f"lr={fmt(self.lr)}{seed}: FAILED ({self.kind}): {self.error}"
+
+
+@dataclass(frozen=True)
 class SweepResult(ResultMixin):
     """A learning-rate sweep: the predicted η* (initial state) next to the empirical onsets.
 
@@ -261,6 +290,12 @@ class SweepResult(ResultMixin):
     smallest rate whose run diverged. ``eta_star`` = 1/K_eff (estimate) and ``eta_star_certified`` =
     1/K_eff_upper at θ_0 (None if the optimizer has no prediction, see ``prediction_reason``). ``rule`` and
     ``margin`` are those of :func:`topoverify.topology.betti_report`.
+
+    With ``seeds`` every rate has one run per seed: the onsets and the other "smallest rate" properties are
+    then the smallest rate at which ANY seed's run did so, ``uncertain_lrs`` the rates where any seed's did,
+    ``start_uncertain`` whether any seed's start is uncertain, and ``eta_star`` is the prediction at the first
+    seed's θ_0; the distributions over seeds are :meth:`rate_stats` and :meth:`onset_distribution`.
+    ``failures``: runs with no record (not counted in any of these).
     """
 
     scenario: str
@@ -282,9 +317,17 @@ class SweepResult(ResultMixin):
     sharpness_iters: int = 0   # Lanczos budget per T8 measurement (0: not measured)
     sharpness_tol: float = 1e-3
     schedule: str = ""   # the learning-rate schedule's name ("" without one; each run's lr is then its base rate)
+    seeds: list[int] | None = None          # the scenario seeds (None: one run per rate, the scenario as given)
+    failures: list[RunFailure] = field(default_factory=list)   # runs that raised or whose process died
+    n_resumed: int = 0       # runs read back from out_dir instead of computed
+    n_computed: int = 0      # runs computed by this call
+    executor: str = "serial"  # "serial", "local" (a process pool) or "ray"
+    workers: int = 1
+    out_dir: str = ""        # where each finished run was written ("" without out_dir)
 
     @property
     def lrs(self) -> list[float]:
+        """The rate of each run, in run order (repeated once per seed with ``seeds``)."""
         return [r.lr for r in self.runs]
 
     @property
@@ -301,7 +344,7 @@ class SweepResult(ResultMixin):
 
     @property
     def uncertain_lrs(self) -> list[float]:
-        return sorted(r.lr for r in self.runs if r.verdict == "uncertain")
+        return sorted({r.lr for r in self.runs if r.verdict == "uncertain"})
 
     def _first(self, pred: Callable[[RunRecord], bool]) -> float | None:
         for r in sorted(self.runs, key=lambda r: r.lr):
@@ -338,20 +381,45 @@ class SweepResult(ResultMixin):
         """The smallest rate whose run reached its edge of stability (max lr·S/edge ≥ 1) at some step (T8)."""
         return self._first(lambda r: r.max_eos_ratio is not None and r.max_eos_ratio >= 1)
 
-    def run(self, lr: float) -> RunRecord:
-        for r in self.runs:
-            if r.lr == lr:
-                return r
-        raise KeyError(f"no run at lr={lr}; rates: {self.lrs}")
+    def run(self, lr: float, seed: int | None = None) -> RunRecord:
+        """The run at rate ``lr`` (and ``seed``; required when the sweep has several seeds)."""
+        found = [r for r in self.runs if r.lr == lr and (seed is None or r.seed == seed)]
+        if len(found) > 1:
+            raise KeyError(f"{len(found)} runs at lr={lr} (seeds {sorted(r.seed for r in found)}); pass seed=")
+        if not found:
+            raise KeyError(f"no run at lr={lr}" + ("" if seed is None else f", seed {seed}") + f"; rates: "
+                           f"{sorted(set(self.lrs))}, seeds: {self.seeds}")
+        return found[0]
+
+    @property
+    def several_seeds(self) -> bool:
+        """More than one seed (distinct seeds among the runs and failures): the text shows distributions."""
+        return len({r.seed for r in self.runs} | {f.seed for f in self.failures} | set(self.seeds or ())) > 1
+
+    def rate_stats(self):
+        """Per rate, the runs over the seeds (:func:`topoverify.experiments.seed_stats.rate_stats`)."""
+        from topoverify.experiments.seed_stats import rate_stats
+        return rate_stats(self)
+
+    def onset_distribution(self):
+        """Per seed, the onset and η* (:func:`topoverify.experiments.seed_stats.onset_distribution`)."""
+        from topoverify.experiments.seed_stats import onset_distribution
+        return onset_distribution(self)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         for name in ("onset_lr", "onset_lr_transient", "onset_lr_before_divergence", "divergence_lr", "phase2_lr", "eos_lr",
                      "start_uncertain", "start_range", "uncertain_lrs"):
             d[name] = jsonable(getattr(self, name))
+        if self.seeds is not None:
+            d["rate_stats"] = jsonable(self.rate_stats())
+            d["onset_distribution"] = jsonable(self.onset_distribution())
         return d
 
     def table(self) -> Table:
+        if self.several_seeds:
+            from topoverify.experiments.seed_stats import seed_table
+            return seed_table(self)
         sched = f", schedule {self.schedule} (lr = base rate)" if self.schedule else ""
         t = Table(title=f"sweep of {self.scenario} with {self.optimizer}{sched}, {self.steps} steps "
                         f"(layer {self.layer}; predicted eta* = {fmt(self.eta_star)}, certified "
@@ -373,6 +441,8 @@ class SweepResult(ResultMixin):
         return t
 
     def summary(self) -> str:
+        if self.several_seeds:
+            return self._seeds_summary()
         unc = ""
         if self.start_uncertain:
             lo, hi = self.start_range
@@ -389,6 +459,20 @@ class SweepResult(ResultMixin):
                 f"{fmt(self.phase2_lr)}; {self._eos_text()}divergence from lr = {fmt(self.divergence_lr)}{unc}"
                 + (f". No prediction: {self.prediction_reason}" if self.prediction_reason else ""))
 
+    def _seeds_summary(self) -> str:
+        unc = " The starting Betti numbers of some seeds are UNCERTAIN (changes within their range not claimed)." \
+            if self.start_uncertain else ""
+        return (f"{self.onset_distribution()}. Over all seeds (smallest rate at which any seed's run did so): "
+                f"transient change {fmt(self.onset_lr_transient)}, lr*K >= 1 along the run {fmt(self.phase2_lr)}; "
+                f"{self._eos_text()}divergence {fmt(self.divergence_lr)}.{unc}"
+                + (f" No prediction: {self.prediction_reason}" if self.prediction_reason else ""))
+
+    def _failures_text(self) -> str:
+        if not self.failures:
+            return ""
+        return "\n".join([f"{len(self.failures)} failed run(s), no record, not counted above:"]
+                         + [f"  {f}" for f in sorted(self.failures, key=lambda f: (f.lr, f.seed is None, f.seed or 0))])
+
     def _eos_text(self) -> str:
         if not self.sharpness_iters:
             return ""
@@ -396,4 +480,6 @@ class SweepResult(ResultMixin):
                 f"tol {fmt(self.sharpness_tol, 3)}): {fmt(self.eos_lr)}; ")
 
     def __str__(self) -> str:
-        return render(self.table(), self.summary(), width=160) + "\n"
+        fail = self._failures_text()
+        summary = Text(self.summary()) if self.several_seeds else self.summary()
+        return render(self.table(), *([Text(fail)] if fail else []), summary, width=160) + "\n"

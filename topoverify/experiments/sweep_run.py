@@ -8,12 +8,17 @@ phase boundary). Then the real step; then, with ``ratios``, the exact extremes o
 neurons of ‖θ'_i − θ'_j‖/‖θ_i − θ_j‖ of the tracked layer (:func:`topoverify.measure.pairs.ratio_stats`, the
 computation of :func:`topoverify.checks.step_bounds.verify_step`), divergence, and the snapshots every
 ``every`` steps; then the scheduler's step.
+
+The unit of work of a sweep's executors (:mod:`topoverify.experiments.sweep_executors`) is a :class:`RunTask`:
+the shared :class:`RunSetup` with the scenario drawn for one seed (:func:`scenario_for`), and one rate.
+:func:`check_distinct_seeds` refuses seeds whose runs would be copies of each other.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +29,7 @@ from torch import nn
 from topoverify import topology
 from topoverify.checks.step_bounds import step_in_place
 from topoverify.checks.step_prediction import predict_step
-from topoverify.errors import NonFiniteError, UnsupportedError
+from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.experiments.scenarios import Scenario
 from topoverify.experiments.schedule_analysis import phase_of
 from topoverify.experiments.schedules import ScheduleSpec, step_scheduler
@@ -34,7 +39,8 @@ from topoverify.experiments.sweep_result import RunRecord
 from topoverify.measure.pairs import ratio_stats
 from topoverify.neurons.layouts import NeuronLayer, neuron_cloud
 
-__all__ = ["RunSetup", "run_one", "SWITCHED_OFF", "OVERFLOW"]
+__all__ = ["RunSetup", "RunTask", "run_one", "execute", "scenario_for", "check_distinct_seeds", "SWITCHED_OFF",
+           "OVERFLOW"]
 
 OVERFLOW = 1e30  # |θ| above this counts as divergence (ripser computes distances in float32)
 SWITCHED_OFF = "prediction switched off (predict=False)"
@@ -79,6 +85,47 @@ class RunSetup:
                             seed=self.seed, step=step).layers[self.idx]
 
 
+@dataclass(frozen=True)
+class RunTask:
+    """One run of a sweep: ``setup`` (its scenario already drawn with ``seed``; None: the scenario as given) at
+    rate ``lr``, the ``index``-th rate of the sweep."""
+
+    setup: RunSetup
+    lr: float
+    seed: int | None
+    index: int
+
+
+def execute(task: RunTask, prog: Progress | None = None, tid: TaskID | None = None) -> RunRecord:
+    """Run ``task`` (:func:`run_one`)."""
+    return run_one(task.setup, task.lr, prog, tid, seed=task.seed)
+
+
+def scenario_for(scenario: Scenario | Callable[[int], Scenario], seed: int | None) -> Scenario:
+    """The scenario of one seed: ``scenario.with_seed(seed)``, or ``scenario(seed)`` for a callable (its return
+    type checked); ``seed=None``: ``scenario`` itself."""
+    if seed is None:
+        return scenario
+    drawn = scenario.with_seed(seed) if isinstance(scenario, Scenario) else scenario(seed)
+    if not isinstance(drawn, Scenario):
+        raise TopoverifyError(f"the scenario callable returned a {type(drawn).__name__} for seed {seed}, not a "
+                              f"Scenario; give a callable seed -> Scenario (e.g. lambda s: circle_scenario(seed=s)).")
+    return drawn
+
+
+def check_distinct_seeds(states: dict[int, tuple[str, str]], name: str) -> None:
+    """Raise when two seeds give the same (initial neuron cloud, first batch) fingerprints: their runs would be
+    copies and a distribution over seeds would be fake."""
+    seen: dict[tuple[str, str], int] = {}
+    for seed, key in states.items():
+        if key in seen:
+            raise TopoverifyError(
+                f"seeds {seen[key]} and {seed} give the same initial state and data for scenario {name!r}: the runs "
+                f"would be copies; give a scenario whose factory takes a seed (Scenario.reseed) or a callable "
+                f"seed -> Scenario.")
+        seen[key] = seed
+
+
 def finite_cloud(cloud: torch.Tensor) -> bool:
     if not bool(torch.isfinite(cloud).all()):
         return False
@@ -120,9 +167,11 @@ def _ratio_envelope(before: torch.Tensor, after: torch.Tensor) -> tuple[float | 
     return st.min_ratio, st.max_ratio
 
 
-def run_one(setup: RunSetup, lr: float, prog: Progress | None = None, task: TaskID | None = None) -> RunRecord:
+def run_one(setup: RunSetup, lr: float, prog: Progress | None = None, task: TaskID | None = None, *,
+            seed: int | None = None) -> RunRecord:
     """One training run at (base) rate ``lr``: per-step η_t, lr·K (before the step), loss, ratio envelope,
-    divergence and snapshots."""
+    divergence and snapshots. ``seed`` is recorded (the scenario seed ``setup.scenario`` was drawn with);
+    the record's ``eta_star``/``eta_star_certified`` are 1/K_eff, 1/K_eff_upper of step 0's prediction."""
     t0 = time.perf_counter()
     scenario, steps, tracked = setup.scenario, setup.steps, setup.tracked
     model = scenario.model()
@@ -154,6 +203,7 @@ def run_one(setup: RunSetup, lr: float, prog: Progress | None = None, task: Task
         if setup.sharpness else None
     sharp: list = []
     prev_phase = None
+    eta0 = eta0_cert = None
     for t in range(steps):
         batch = scenario.batch_at(t)
         lr_t = float(group["lr"])
@@ -164,6 +214,8 @@ def run_one(setup: RunSetup, lr: float, prog: Progress | None = None, task: Task
                 lp = setup.predict_at(model, opt, batch, t)
                 if lp.available:
                     ek, eku = lp.lr * lp.K_eff, lp.lr * lp.K_eff_upper
+                    if t == 0:
+                        eta0, eta0_cert = lp.eta_star, lp.eta_star_certified
                 else:
                     available, reason = False, lp.reason
             except UnsupportedError as exc:
@@ -219,7 +271,8 @@ def run_one(setup: RunSetup, lr: float, prog: Progress | None = None, task: Task
         (available and steps == 0), prediction_reason=reason, snapshots=snapshots,
         diverged=diverged_at is not None, diverged_at=diverged_at, divergence=divergence,
         seconds=time.perf_counter() - t0, lrs=lrs, ratio_min=r_min, ratio_max=r_max,
-        schedule=setup.schedule.name if setup.schedule is not None else "", **_sharpness_fields(sharp, recorder))
+        schedule=setup.schedule.name if setup.schedule is not None else "", seed=seed, eta_star=eta0,
+        eta_star_certified=eta0_cert, **_sharpness_fields(sharp, recorder))
 
 
 def _sharpness_fields(sharp: list, recorder: SharpnessRecorder | None) -> dict:

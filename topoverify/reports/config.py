@@ -29,8 +29,9 @@
     step_size = 100
     gamma = 0.1
 
-One section per (seed, layer): a rate sweep, or with ``[schedule]`` one scheduled run per base rate (T4). The
-loss defaults to the scenario's (with ``[data].scenario``) or to ``"mse"``. ``seed`` is also passed to a data
+One section per layer: a rate sweep, or with ``[schedule]`` one scheduled run per base rate (T4). Several
+``seeds`` run inside that section, one run per (rate, seed), and the report gives per rate the fraction of seeds
+whose topology changed (with its interval) and the onset over seeds. The loss defaults to the scenario's (with ``[data].scenario``) or to ``"mse"``. ``seed`` is also passed to a data
 factory (or scenario) that accepts a ``seed`` argument. The seed is set inside ``torch.random.fork_rng``, so
 the caller's global RNG is left as it was.
 
@@ -265,20 +266,24 @@ class JobConfig:
         return make
 
     def plan(self) -> list[Section]:
+        """One section per layer; several seeds run inside it (one run per (rate, seed), the report gives the
+        statistics over seeds), one seed runs the scenario of that seed as a plain sweep."""
         sections = []
-        for seed in self.seeds:
-            for layer in self.layers:
-                tag = f"seed {seed}" if len(self.seeds) > 1 else ""
-                tag += f" layer {layer}" if layer is not None and len(self.layers) > 1 else ""
-                tag = tag.strip()
-                sections.append(Section(
-                    key=tag or "config", title=f"{self.title}: {self.optimizer_name}" + (f", {tag}" if tag else ""),
-                    scenario=lambda seed=seed: self.scenario(seed), optimizer=self.optimizer(),
-                    rates=tuple(self.rates), steps=self.steps, every=self.every, layer=layer, seed=seed,
-                    ratios=self.ratios, sharpness=self.sharpness, prediction=self.schedule is None,
-                    schedule=self.schedule,
-                    kind="schedule" if self.schedule is not None else "sweep",
-                    note=f"From the config: {self.description}".strip() if self.description else ""))
+        multi = len(self.seeds) > 1
+        first = self.seeds[0]
+        for layer in self.layers:
+            tag = f"layer {layer}" if layer is not None and len(self.layers) > 1 else ""
+            seeds = f"seeds {', '.join(map(str, self.seeds))}" if multi else ""
+            shown = ", ".join(t for t in (tag, seeds) if t)
+            sections.append(Section(
+                key=tag or "config", title=f"{self.title}: {self.optimizer_name}" + (f", {shown}" if shown else ""),
+                scenario=lambda: self.scenario(first), optimizer=self.optimizer(),
+                rates=tuple(self.rates), steps=self.steps, every=self.every, layer=layer, seed=first,
+                ratios=self.ratios, sharpness=self.sharpness, prediction=self.schedule is None,
+                schedule=self.schedule, kind="schedule" if self.schedule is not None else "sweep",
+                seeds=tuple(self.seeds) if multi else None,
+                scenario_for_seed=(lambda s: self.scenario(s)) if multi else None,
+                note=f"From the config: {self.description}".strip() if self.description else ""))
         return sections
 
 

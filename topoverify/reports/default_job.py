@@ -2,10 +2,13 @@
 :class:`topoverify.reports.document.Report`.
 
 A *plan* is a list of :class:`Section` s; each is one :func:`topoverify.experiments.sweep` (a learning-rate
-sweep, or with a ``schedule`` one run per base rate, analysed by
-:func:`topoverify.experiments.schedule_analysis.analyse_schedule`, claim T4). :func:`run_plan` runs them in
-order; an exception inside a section (layers that cannot be detected, a user callable raising, ...) is recorded
-in the report (``Report.add_error``) and the next section runs. A diverged run is a finding, not an error.
+sweep, over several scenario seeds when the section has ``seeds``, or with a ``schedule`` one run per base rate
+and seed, analysed by :func:`topoverify.experiments.schedule_analysis.analyse_schedule`, claim T4).
+:func:`run_plan` runs them in order; an exception inside a section (layers that cannot be detected, a user
+callable raising, ...) is recorded in the report (``Report.add_error``) and the next section runs. A diverged
+run is a finding, not an error. :class:`RunOptions` say where the runs execute (this process, a local process
+pool, Ray) and where each finished run is written (``<out_dir>/runs/<section>/``), so that a report killed
+half-way reads its finished runs back on the next call.
 
 The default plan (:func:`default_plan`; the ``quick`` form in brackets, < 30 s on 2 cores):
 
@@ -17,8 +20,9 @@ The default plan (:func:`default_plan`; the ``quick`` form in brackets, < 30 s o
   and diverging, x 50 steps: the catapult needs ~75 steps].
 * ``simplification/SGD``: the simplification scenario at its "preserve" and "simplify" rates: topology kept,
   and topology simplified while training converges (the paper's two phases on real runs), SIMPLIFICATION_STEPS
-  (150) steps [100 steps at the "preserve" rate only: the schedule section's first 95 steps run at the
-  "simplify" rate].
+  (150) steps, seeds 0-3 (``SIMPLIFICATION_SEEDS``: seed 0 the evenly spaced circle, the others jittered), so
+  the report gives per rate the fraction of seeds that changed with its interval [60 steps at the "preserve"
+  rate only, one seed: the schedule section's first 95 steps run at the "simplify" rate].
 * ``digits/SGD``, ``digits/Adam``: scikit-learn's digits, 256 neurons, two rates each (``DIGITS_RATES``),
   8 minibatch steps [skipped with a note]; skipped with a note when scikit-learn is missing.
 * ``schedule``: one run of the simplification scenario with a large-then-small step decay (x0.1 at step 95)
@@ -29,6 +33,8 @@ The default plan (:func:`default_plan`; the ``quick`` form in brackets, < 30 s o
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,8 +43,10 @@ from typing import Any
 
 from topoverify.errors import TopoverifyError
 from topoverify.formatting import fmt
+from topoverify.reports.findings import SummaryRow, schedule_finding, summary_rows, sweep_findings
 
-__all__ = ["Section", "SectionOutcome", "SummaryRow", "default_plan", "run_plan", "CIRCLE_MULTIPLES"]
+__all__ = ["Section", "SectionOutcome", "SummaryRow", "RunOptions", "default_plan", "run_plan", "slug",
+           "CIRCLE_MULTIPLES", "SIMPLIFICATION_SEEDS"]
 
 #: circle/SGD rates as multiples of the predicted η* (η* ≈ 1.9 at θ_0; GD's edge of stability ≈ 0.03 η*:
 #: 0.0316 η* is the catapult, 0.0343 η* and above diverge).
@@ -51,22 +59,8 @@ PRESERVE_STEPS_QUICK = 60   # the quick form's "preserve" run (the full form: SI
 SCHEDULE_DECAY_STEP = {"full": 95, "quick": 95}
 SCHEDULE_GAMMA = 0.1
 DIGITS_STEPS = 8
-
-
-@dataclass
-class SummaryRow:
-    """One run for the terminal summary (:mod:`topoverify.reports.summary`) and ``ReportResult.rows``."""
-
-    section: str
-    optimizer: str
-    rate: float
-    max_lrK: float | None
-    phase: str          # "preserving" (max lr*K < 1 at every step, estimate), "breakdown-possible", "n/a"
-    topology: str       # "(1, 1) -> (1, 0) changed"
-    final_loss: str     # a number, or "diverged at step t"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+#: the simplification section's scenario seeds (the quick form: one run per rate, the scenario as given)
+SIMPLIFICATION_SEEDS = {"full": (0, 1, 2, 3), "quick": None}
 
 
 @dataclass
@@ -76,6 +70,10 @@ class Section:
 
     ``scenario`` is called when the section runs, so its errors are the section's. ``skip``: a reason to
     record instead of running (e.g. scikit-learn missing). Options are those of :func:`sweep`.
+
+    ``seeds``: one run per (rate, seed), each on ``scenario_for_seed(seed)`` when given, else on
+    ``scenario().with_seed(seed)`` (:meth:`topoverify.experiments.Scenario.with_seed`); the rates (and the
+    per-layer table) are predicted at the first seed's θ_0. None: one run per rate on ``scenario()``.
     """
 
     key: str
@@ -96,6 +94,8 @@ class Section:
     note: str = ""
     skip: str = ""
     kind: str = "sweep"
+    seeds: Sequence[int] | None = None
+    scenario_for_seed: Callable[[int], Any] | None = None
 
 
 @dataclass
@@ -109,6 +109,10 @@ class SectionOutcome:
     error: str = ""
     skipped: str = ""
     findings: list[str] = field(default_factory=list)
+    n_resumed: int = 0      # runs read back from the section's run records
+    n_computed: int = 0     # runs computed by this report
+    executor: str = ""      # "serial", "local" or "ray" (as the sweeps reported it; "" when nothing ran)
+    workers: int = 0
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -148,8 +152,12 @@ def default_plan(quick: bool = False) -> list[Section]:
         rates=(SIMPLIFICATION_RATES["preserve"],) if quick else (SIMPLIFICATION_RATES["preserve"],
                                                                  SIMPLIFICATION_RATES["simplify"]),
         steps=preserve_steps, every=max(1, preserve_steps // 20), ratios=True, prediction=True, sharpness=not quick,
+        seeds=SIMPLIFICATION_SEEDS[form],
         note="The two phases on real runs: at the 'preserve' rate lr*K stays below 1 and the topology is kept; "
              "at the 'simplify' rate the topology simplifies while the loss still converges."
+             + ("" if quick else f" Seeds {', '.join(map(str, SIMPLIFICATION_SEEDS[form]))}: seed 0 is the evenly "
+                "spaced circle, the others jitter it (angles and radii); the fraction of seeds that changed is "
+                "given with its Clopper-Pearson interval.")
              + (" Quick form: the 'simplify' phase is shown by the schedule section below, whose first "
                 f"{SCHEDULE_DECAY_STEP[form]} steps run at the 'simplify' rate." if quick else "")))
     digits_skip = ("skipped in the quick form (the two digits sections take ~20 s: H2 persistence of 256 "
@@ -185,11 +193,44 @@ def _say(progress: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def run_plan(plan: Sequence[Section], report, progress: bool | None = None) -> list[SectionOutcome]:
-    """Run every section of ``plan`` into ``report`` (a :class:`topoverify.reports.document.Report`); an
-    exception in a section is recorded (``report.add_error``) and the next section runs. Returns one
-    :class:`SectionOutcome` per section (findings already added to the report)."""
+@dataclass(frozen=True)
+class RunOptions:
+    """Where a plan's runs execute and where they are kept (the options of :func:`topoverify.sweep`).
+
+    ``executor``: ``"local"`` (``workers`` = 1: this process; > 1: a local process pool) or ``"ray"`` (Ray
+    tasks; ``ray_address`` None: a local ``ray.init()``). ``out_dir``: the report's folder; each section writes
+    its finished runs to ``<out_dir>/runs/<section slug>/`` and, unless ``fresh``, reads back the runs whose
+    records match (a report killed half-way resumes). None: nothing written, nothing read back."""
+
+    executor: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    out_dir: str | None = None
+    fresh: bool = False
+
+    def sweep_kwargs(self, key: str) -> dict:
+        kw = dict(executor=self.executor, workers=self.workers, ray_address=self.ray_address,
+                  resume=not self.fresh)
+        if self.out_dir is not None:
+            kw["out_dir"] = os.path.join(self.out_dir, "runs", slug(key))
+        return kw
+
+
+def slug(key: str) -> str:
+    """A section key as a folder name: letters, digits, '.', '_' and '-' kept, every other run of characters
+    one '-' ("circle/SGD" -> "circle-SGD")."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "-", str(key)).strip("-.")
+    return out or "section"
+
+
+def run_plan(plan: Sequence[Section], report, progress: bool | None = None,
+             options: RunOptions | None = None) -> list[SectionOutcome]:
+    """Run every section of ``plan`` into ``report`` (a :class:`topoverify.reports.document.Report`) with
+    ``options`` (:class:`RunOptions`; default: this process, no run records); an exception in a section is
+    recorded (``report.add_error``) and the next section runs. Returns one :class:`SectionOutcome` per section
+    (findings already added to the report)."""
     show = sys.stderr.isatty() if progress is None else bool(progress)
+    options = options or RunOptions()
     outcomes = []
     for i, sec in enumerate(plan, 1):
         _say(show, f"[{i}/{len(plan)}] {sec.key}: {sec.title}")
@@ -200,23 +241,31 @@ def run_plan(plan: Sequence[Section], report, progress: bool | None = None) -> l
             report.add_finding(f"{sec.key}: {sec.skip}")
         else:
             try:
-                _run_section(sec, report, show, out, t0)
+                _run_section(sec, report, show, out, t0, options)
             except Exception as exc:  # a section's failure is recorded; the others go on
                 out.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, TopoverifyError) else str(exc)
                 report.add_error(sec.key, out.error)
         out.seconds = time.perf_counter() - t0
+        runs = f" ({out.n_resumed} runs read back, {out.n_computed} computed)" if out.executor else ""
         _say(show, f"      {'skipped' if out.skipped else 'ERROR' if out.error else 'done'} in "
-                   f"{out.seconds:.1f} s")
+                   f"{out.seconds:.1f} s{runs}")
         outcomes.append(out)
     return outcomes
 
 
-def _sweep_kwargs(sec: Section, show: bool) -> dict:
+def _sweep_kwargs(sec: Section, show: bool, options: RunOptions, key: str | None = None) -> dict:
     kw = dict(every=sec.every, layer=sec.layer, seed=sec.seed, keep_diagrams=sec.keep_diagrams,
-              sharpness=sec.sharpness, progress=show)
+              sharpness=sec.sharpness, progress=show, **options.sweep_kwargs(key or sec.key))
     if sec.ratios:
         kw["ratios"] = True
     return kw
+
+
+def _seeded(sec: Section, seed: int):
+    """The section's scenario drawn with ``seed``."""
+    if sec.scenario_for_seed is not None:
+        return sec.scenario_for_seed(seed)
+    return sec.scenario().with_seed(seed)
 
 
 def _rates(sec: Section, scenario):
@@ -252,21 +301,47 @@ def _tracked(pred, scenario, layer):
     return next((lp for lp in pred.layers if lp.layer == name), pred.layers[0])
 
 
-def _run_section(sec: Section, report, show: bool, out: SectionOutcome, t0: float) -> None:
+def _count(out: SectionOutcome, res) -> None:
+    """Add a sweep's read-back and computed runs and its executor to the section's outcome."""
+    out.n_resumed += int(getattr(res, "n_resumed", 0))
+    out.n_computed += int(getattr(res, "n_computed", len(res.runs)))
+    out.executor = getattr(res, "executor", "serial")
+    out.workers = int(getattr(res, "workers", 1))
+
+
+def _run_section(sec: Section, report, show: bool, out: SectionOutcome, t0: float,
+                 options: RunOptions | None = None) -> None:
     from topoverify.experiments.rate_sweep import sweep
-    scenario = sec.scenario()
+    options = options or RunOptions()
+    seeds = list(sec.seeds) if sec.seeds else None
+    scenario = _seeded(sec, seeds[0]) if seeds else sec.scenario()
     rates, pred, why = _rates(sec, scenario)
+    # with seeds the sweep draws each seed itself: from the seed callable, or the unseeded scenario's with_seed
+    target = (sec.scenario_for_seed or sec.scenario()) if seeds else scenario
     if sec.kind == "schedule":
         from topoverify.experiments.schedule_analysis import analyse_schedule
-        for lr in rates:   # one scheduled run per base rate, each its own report section
-            res = sweep(scenario, sec.optimizer, [lr], sec.steps, schedule=sec.schedule,
-                        **_sweep_kwargs(sec, show))
-            analysis = analyse_schedule(res.runs[0])
-            report.add_schedule(res, analysis, title=f"{sec.title} (base lr {fmt(lr)}, {sec.schedule.name})",
-                                note=_note(sec, time.perf_counter() - t0))
-            _add(report, out, summary_rows(sec.key, res), [_schedule_finding(sec.key, res, analysis)])
+        for seed in seeds or [None]:   # one scheduled run per base rate (and seed), each its own report section
+            for lr in rates:
+                if seed is None:
+                    res = sweep(scenario, sec.optimizer, [lr], sec.steps, schedule=sec.schedule,
+                                **_sweep_kwargs(sec, show, options))
+                else:
+                    res = sweep(target, sec.optimizer, [lr], sec.steps, schedule=sec.schedule,
+                                seeds=[seed], **_sweep_kwargs(sec, show, options, f"{sec.key}-seed-{seed}"))
+                _count(out, res)
+                if not res.runs:   # the run failed (RunFailure): recorded as the section's error
+                    raise TopoverifyError("; ".join(str(f) for f in res.failures) or "the scheduled run failed")
+                analysis = analyse_schedule(res.runs[0])
+                tag = "" if seed is None else f", seed {seed}"
+                report.add_schedule(res, analysis, title=f"{sec.title} (base lr {fmt(lr)}, {sec.schedule.name}"
+                                                         f"{tag})", note=_note(sec, time.perf_counter() - t0))
+                _add(report, out, summary_rows(sec.key, res), [schedule_finding(sec.key, res, analysis)])
     else:
-        res = sweep(scenario, sec.optimizer, rates, sec.steps, **_sweep_kwargs(sec, show))
+        res = sweep(target, sec.optimizer, rates, sec.steps, **({"seeds": seeds} if seeds else {}),
+                    **_sweep_kwargs(sec, show, options))
+        if seeds and pred is not None:
+            why += f" The per-layer table is at seed {seeds[0]}'s initial state."
+        _count(out, res)
         report.add_sweep(res, title=sec.title, note=_note(sec, time.perf_counter() - t0) + why, prediction=pred)
         _add(report, out, summary_rows(sec.key, res), sweep_findings(sec.key, res))
 
@@ -280,84 +355,3 @@ def _add(report, out: SectionOutcome, rows: list, findings: list[str]) -> None:
 
 def _note(sec: Section, seconds: float) -> str:
     return f"{sec.note} ({seconds:.1f} s on this machine.)".strip()
-
-
-# ------------------------------------------------------------------------------------------------------
-# rows and findings
-# ------------------------------------------------------------------------------------------------------
-
-def _phase(run) -> str:
-    m = run.max_eta_K
-    if m is None:
-        return "n/a"
-    return "breakdown-possible" if m >= 1 else "preserving"
-
-
-def _loss_text(run) -> str:
-    if run.diverged:
-        return f"diverged at step {run.diverged_at}"
-    return fmt(run.final_loss)
-
-
-def summary_rows(key: str, res) -> list[SummaryRow]:
-    return [SummaryRow(key, res.optimizer, r.lr, r.max_eta_K, _phase(r),
-                       f"{r.initial.betti} -> {r.final.betti} {r.verdict}", _loss_text(r)) for r in res.runs]
-
-
-def training_state(run) -> str:
-    """How the loss went, in words: "diverged"; "settled" (below the initial loss, the last tenth of the run
-    within 1 %); "converging" (an order of magnitude below the initial loss, still moving); "decreasing";
-    "not decreasing"."""
-    if run.diverged or not math.isfinite(run.final_loss):
-        return "diverged"
-    if not run.loss:
-        return "not trained"
-    start = run.loss[0]
-    tail = run.loss[-max(2, len(run.loss) // 10):]
-    if run.final_loss < start and max(tail) - min(tail) <= 0.01 * max(abs(min(tail)), 1e-12):
-        return "settled"
-    if run.final_loss <= 0.1 * start:
-        return "converging"
-    return "decreasing" if run.final_loss < start else "not decreasing"
-
-
-def sweep_findings(key: str, res) -> list[str]:
-    """Findings lines for a sweep: η*, whether the preserving runs kept their topology, the first change."""
-    lines = []
-    head = f"{key}: "
-    if res.eta_star is not None:
-        head += f"predicted eta* = {fmt(res.eta_star)} (certified {fmt(res.eta_star_certified)}); "
-    below = [r for r in res.runs if r.max_eta_K is not None and r.max_eta_K < 1]
-    if below:
-        kept = [r for r in below if not r.topology_changed and r.first_change_step is None]
-        head += (f"no certain topology change in {len(kept)} of the {len(below)} runs with max lr*K < 1 at every "
-                 f"step (lr <= {fmt(max(r.lr for r in below))}); ")
-    elif res.eta_star is not None:
-        head += "no run stayed below lr*K = 1 at every step; "
-    head += (f"first certain change at lr = {fmt(res.onset_lr)}" if res.onset_lr is not None
-             else "no certain topology change at any rate")
-    if res.divergence_lr is not None:
-        head += f"; divergence from lr = {fmt(res.divergence_lr)}"
-    lines.append(head + ".")
-    for r in res.runs:
-        if not r.diverged and r.steps_above_one and r.verdict == "kept":
-            lines.append(f"{key}: at lr = {fmt(r.lr)}, lr*K reached {fmt(r.max_eta_K, 3)} ({r.steps_above_one} "
-                         f"steps >= 1) and the run recovered with its topology kept (final loss "
-                         f"{fmt(r.final_loss)}): lr*K >= 1 makes a change possible, not certain.")
-        if r.topology_changed and not r.diverged:
-            lines.append(f"{key}: at lr = {fmt(r.lr)}, Betti {r.initial.betti} -> {r.final.betti}, distinct "
-                         f"{r.initial.distinct} -> {r.final.distinct}, with final loss {fmt(r.final_loss)} "
-                         f"(initial {fmt(r.loss[0] if r.loss else None)}: {training_state(r)}).")
-    return lines
-
-
-def _schedule_finding(key: str, res, analysis) -> str:
-    r = res.runs[0]
-    stp = analysis.simplified_then_preserved
-    verdict = {True: "simplified in the breakdown-possible phase, then preserved",
-               False: "not simplify-then-preserve", None: "simplify-then-preserve not judged"}[stp]
-    note = getattr(analysis, "note", "")
-    verdict += f" ({note})" if note else ""
-    return (f"{key}: {r.schedule or 'schedule'} from lr = {fmt(r.lr)}: {analysis.n_breakdown} steps "
-            f"breakdown-possible, {analysis.n_preserving} preserving, {analysis.n_unknown} unknown; Betti "
-            f"{r.initial.betti} -> {r.final.betti}, final loss {_loss_text(r)}; {verdict}.")

@@ -62,8 +62,9 @@ def _betti(snap) -> str:
 
 
 def _run_row(run, eta_star: float | None) -> dict[str, Any]:
-    """Derived per-run numbers for the per-run table."""
-    return {"lr": run.lr, "lr_over_eta_star": run.lr / eta_star if eta_star else None,
+    """Derived per-run numbers for the per-run table (lr/η* with the run's own η* when it has one: seeds)."""
+    eta_star = getattr(run, "eta_star", None) or eta_star
+    return {"lr": run.lr, "seed": getattr(run, "seed", None), "lr_over_eta_star": run.lr / eta_star if eta_star else None,
             "schedule": getattr(run, "schedule", ""), "steps_run": run.steps_run, "steps": run.steps,
             "max_lrK": run.max_eta_K, "max_lrK_step": run.max_eta_K_step,
             "max_lrK_before_change": run.max_eta_K_before_change, "max_lrK_certified": run.max_eta_K_upper,
@@ -76,11 +77,53 @@ def _run_row(run, eta_star: float | None) -> dict[str, Any]:
 
 
 def _summary_row(section: str, optimizer: str, run) -> dict[str, Any]:
-    return {"section": section, "optimizer": optimizer, "rate": run.lr, "max_lrK": run.max_eta_K,
-            "max_lrK_certified": run.max_eta_K_upper, "phase": _phase(run.max_eta_K), "topology": run.verdict,
-            "betti": f"{_betti(run.initial)} -> {_betti(run.final)}",
-            "distinct": f"{run.initial.distinct} -> {run.final.distinct}", "final_loss": run.final_loss,
-            "diverged": run.diverged}
+    row = {"section": section, "optimizer": optimizer, "rate": run.lr, "max_lrK": run.max_eta_K,
+           "max_lrK_certified": run.max_eta_K_upper, "phase": _phase(run.max_eta_K), "topology": run.verdict,
+           "betti": f"{_betti(run.initial)} -> {_betti(run.final)}",
+           "distinct": f"{run.initial.distinct} -> {run.final.distinct}", "final_loss": run.final_loss,
+           "diverged": run.diverged}
+    if getattr(run, "seed", None) is not None:   # schema 1.1: the scenario seed of a sweep over seeds
+        row["seed"] = run.seed
+    return row
+
+
+def _by_rate_seed(runs) -> list:
+    return sorted(runs, key=lambda r: (r.lr, getattr(r, "seed", None) is not None, getattr(r, "seed", None) or 0))
+
+
+def _first_seed_runs(result) -> tuple[list, Callable[[Callable], Callable]]:
+    """(runs, wrap) for the per-run figures: every run of a sweep with one seed; with several seeds the first
+    seed's runs, and ``wrap(fig)`` adds that to the figure's caption (the phase diagram shows every seed)."""
+    seeds = getattr(result, "seeds", None)
+    if not seeds or len(seeds) < 2:
+        return list(result.runs), lambda fn: fn
+    first = seeds[0]
+    runs = [r for r in result.runs if r.seed == first] or list(result.runs)
+
+    def wrap(fn):
+        def draw(runs, path):
+            return (f"{fn(runs, path)} (Seed {first}'s runs; the {len(seeds) - 1} other seeds are in the phase "
+                    f"diagram and the tables.)")
+        return draw
+    return runs, wrap
+
+
+def _execution(result) -> dict[str, Any]:
+    """How a sweep ran (schema 1.1): its seeds, executor, workers, runs read back / computed, failures."""
+    return {"seeds": getattr(result, "seeds", None), "executor": getattr(result, "executor", "serial"),
+            "workers": getattr(result, "workers", 1), "n_resumed": getattr(result, "n_resumed", 0),
+            "n_computed": getattr(result, "n_computed", len(result.runs)),
+            "runs_dir": getattr(result, "out_dir", ""),
+            "failures": [jsonable(f) for f in getattr(result, "failures", [])]}
+
+
+def _seed_statistics(result) -> dict[str, Any]:
+    """``rate_stats`` and ``onset_distribution`` of a sweep over several seeds (schema 1.1); {} otherwise."""
+    if not getattr(result, "seeds", None):
+        return {}
+    from topoverify.experiments.seed_stats import onset_distribution, rate_stats
+    return {"rate_stats": [jsonable(st) for st in rate_stats(result)],
+            "onset_distribution": jsonable(onset_distribution(result))}
 
 
 def _layer_table(prediction) -> list[dict[str, Any]]:
@@ -147,7 +190,12 @@ class Report:
     # -- sections -------------------------------------------------------------------------------------------
     def add_sweep(self, result, *, title: str, note: str = "", prediction=None) -> None:
         """A learning-rate sweep (:class:`~topoverify.SweepResult`), with the per-layer table of
-        ``prediction`` (``predict_step(..., hessian=True)`` at the initial state) when given."""
+        ``prediction`` (``predict_step(..., hessian=True)`` at the initial state) when given.
+
+        A sweep over seeds (``result.seeds``) also gets, per rate, the fraction of seeds whose topology changed
+        with its Clopper-Pearson interval and the distribution of the per-run max lr·K, and the empirical onset
+        per seed next to the predicted η* per seed (:mod:`topoverify.experiments.seed_stats`); every sweep
+        records its failed runs, its executor and how many runs were read back from earlier run records."""
         from topoverify.experiments.sweep_result import SweepResult
         self._check(result, SweepResult, "add_sweep", "topoverify.sweep(...)")
         from topoverify.reports.figures import lrk_edge_figure, phase_diagram, ratio_envelope_figure
@@ -161,13 +209,14 @@ class Report:
             return {"scenario": result.scenario, "optimizer": result.optimizer, "layer": str(result.layer),
                     "eta_star": result.eta_star, "eta_star_certified": result.eta_star_certified,
                     "summary_text": result.summary(),
-                    "runs": [_run_row(r, result.eta_star) for r in sorted(result.runs, key=lambda r: r.lr)],
-                    "result": d}
+                    "runs": [_run_row(r, result.eta_star) for r in _by_rate_seed(result.runs)],
+                    "result": d, **_execution(result), **_seed_statistics(result)}
 
-        figures = [("phase", phase_diagram, (result,)), ("lrk_edge", lrk_edge_figure, (result.runs,)),
-                   ("ratios", ratio_envelope_figure, (result.runs,)), ("diagrams", diagrams_figure, (result.runs,)),
-                   ("topology", topology_figure, (result.runs,))]
-        rows = [_summary_row(title, result.optimizer, r) for r in sorted(result.runs, key=lambda r: r.lr)]
+        runs, per_run = _first_seed_runs(result)
+        figures = [("phase", phase_diagram, (result,)), ("lrk_edge", per_run(lrk_edge_figure), (runs,)),
+                   ("ratios", per_run(ratio_envelope_figure), (runs,)), ("diagrams", per_run(diagrams_figure), (runs,)),
+                   ("topology", per_run(topology_figure), (runs,))]
+        rows = [_summary_row(title, result.optimizer, r) for r in _by_rate_seed(result.runs)]
         self._section("sweep", title, note, data, figures, lambda: _layer_table(prediction), rows)
 
     def add_schedule(self, result, analysis, *, title: str, note: str = "") -> None:
@@ -193,7 +242,7 @@ class Report:
                     "schedule": getattr(run, "schedule", "") or "", "layer": str(result.layer),
                     "eta_star": result.eta_star, "eta_star_certified": result.eta_star_certified,
                     "summary_text": str(analysis), "runs": [_run_row(run, result.eta_star)], "run": d,
-                    "analysis": jsonable(analysis)}
+                    "analysis": jsonable(analysis), **_execution(result)}
 
         figures = [("schedule", schedule_fig, (run, analysis)), ("lrk_edge", lrk_edge_figure, ([run],)),
                    ("ratios", ratio_envelope_figure, ([run],)), ("topology", topology_figure, ([run],))]

@@ -1,5 +1,6 @@
-"""The sweep figures of a report: the phase diagram, lr·K per step beside the edge of stability (T8), and the
-observed distance-ratio envelope against T2's band; plus the helpers every figure module shares.
+"""The sweep figures of a report: the phase diagram (over seeds: fraction changed with its interval, per-run
+max lr·K with the median and its interval, onsets per seed), lr·K per step beside the edge of stability (T8),
+and the observed distance-ratio envelope against T2's band; plus the helpers every figure module shares.
 
 Each figure function writes one PNG to ``path`` and returns its one-line caption (what to read from it); it
 raises :class:`FigureSkipped` (with the reason) when the data it needs was not recorded. Estimates and
@@ -98,6 +99,11 @@ def betti_text(snap, uncertain_mark: bool = True) -> str:
     return f"{tuple(snap.betti)}{'?' if uncertain_mark and snap.uncertain else ''}"
 
 
+def _seed_tag(run) -> str:
+    seed = getattr(run, "seed", None)
+    return "" if seed is None else f", seed {seed}"
+
+
 def edge_label(run) -> str:
     """The edge-of-stability ratio's name: lr·λ_max/2 for SGD (edge lr·λ_max = 2), lr·λ_max(P⁻¹H)/edge for Adam."""
     return "lr·λ_max(P⁻¹H)/edge" if run.eos_quantity == PRECONDITIONED else "lr·λ_max/2 (edge of stability)"
@@ -109,7 +115,11 @@ def edge_label(run) -> str:
 
 def phase_diagram(result, path: str | Path) -> str:
     """Rate vs per-run max lr·K (estimate and certified), final Betti numbers, distinct count and final loss,
-    with the predicted η* (estimate, dashed) and certified η* (dotted) marked."""
+    with the predicted η* (estimate, dashed) and certified η* (dotted) marked. A sweep over several seeds gets
+    :func:`topoverify.reports.figures_seeds.seed_phase_diagram` instead."""
+    if len(getattr(result, "seeds", None) or ()) > 1:
+        from topoverify.reports.figures_seeds import seed_phase_diagram
+        return seed_phase_diagram(result, path)
     plt = pyplot()
     from matplotlib.ticker import FuncFormatter, MaxNLocator
     runs = sorted(result.runs, key=lambda r: r.lr)
@@ -214,7 +224,7 @@ def lrk_edge_figure(runs: Sequence, path: str | Path, title: str = "") -> str:
             ax.text(r.diverged_at, 1.0, " diverged", color="C3", fontsize=7, rotation=90, va="bottom")
         if np.isfinite(np.concatenate([lrk, cert, edge])).any():
             log_y(ax)
-        ax.set_title(f"lr = {fmt(r.lr, 3)}: {r.verdict}", fontsize=8)
+        ax.set_title(f"lr = {fmt(r.lr, 3)}{_seed_tag(r)}: {r.verdict}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("step", fontsize=7)
     axes[0].legend(fontsize=6, loc="best")
@@ -263,7 +273,7 @@ def ratio_envelope_figure(runs: Sequence, path: str | Path) -> str:
             log_y(ax)
             pos = finite[finite > 0]
             ax.set_ylim(max(float(pos.min()) / 3, 1e-6), max(float(pos.max()) * 3, 3.0))
-        ax.set_title(f"lr = {fmt(r.lr, 3)}: {r.verdict}", fontsize=8)
+        ax.set_title(f"lr = {fmt(r.lr, 3)}{_seed_tag(r)}: {r.verdict}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("step", fontsize=7)
     axes[0].legend(fontsize=6, loc="best")

@@ -1,7 +1,8 @@
 """The JSON Schema of ``report.json`` (draft 2020-12, shipped as package data ``reports/schema.json``) and its
 validator. Strict where a reader depends on the layout: the top level, summary rows, figure entries, per-layer
 rows and error entries admit no unknown key, every listed key is required, and numbers are numbers or the
-strings "inf"/"-inf"/"nan" (:func:`topoverify.formatting.jsonable`)."""
+strings "inf"/"-inf"/"nan" (:func:`topoverify.formatting.jsonable`). Version 1.1 only adds optional fields
+(a sweep over seeds: its statistics, failures, executor and runs read back), so 1.0 documents still validate."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from topoverify.errors import TopoverifyError
 
 __all__ = ["SCHEMA_VERSION", "load_schema", "validate_report"]
 
-#: ``schema_version`` of the reports this module writes and validates (bump on any incompatible change).
-SCHEMA_VERSION = "1.0"
+#: ``schema_version`` of the reports this module writes (bump on any incompatible change). 1.1 adds optional
+#: fields to sweep sections (seeds, executor, workers, n_resumed, n_computed, failures, rate_stats,
+#: onset_distribution) and an optional ``seed`` to summary rows; 1.0 documents still validate.
+SCHEMA_VERSION = "1.1"
 
 
 @lru_cache(maxsize=1)
