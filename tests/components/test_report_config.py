@@ -148,7 +148,7 @@ def test_one_section_per_layer_with_every_seed_and_the_default_plan_seeds(user_m
     assert len(single) == 1 and single[0].seeds is None and single[0].seed == 5   # one seed: a plain sweep
     full = {s.key: s for s in default_plan(quick=False)}
     quick = {s.key: s for s in default_plan(quick=True)}
-    assert full["simplification/SGD"].seeds == SIMPLIFICATION_SEEDS["full"] == (0, 1, 2, 3)
+    assert full["simplification/SGD"].seeds == SIMPLIFICATION_SEEDS["full"] == (1, 2, 3, 4)
     assert len(full["simplification/SGD"].rates) == 2
     assert all(s.seeds is None for s in quick.values())   # the quick form stays single-seed
     assert slug("circle/SGD") == "circle-SGD" and slug("layer 0") == "layer-0" and slug("//") == "section"

@@ -188,7 +188,7 @@ def test_the_onset_median_is_censored_unless_more_than_half_are_observed():
                           + kept, seeds=[0, 1, 2, 3])
     d = onset_distribution(two_of_four)
     assert d.n_observed == 2 and d.n_complete == 4 and d.onset_median is None and d.onset_range == (0.1, 0.2)
-    assert "fewer than half observed" in str(d)
+    assert "censored" in str(d) and "at least half" in str(d)
     three_of_four = dataclasses.replace(two_of_four, runs=two_of_four.runs[:-1] + [_run(0.2, 2, "changed")])
     assert onset_distribution(three_of_four).onset_median == pytest.approx(0.2)   # (0.1, 0.2, 0.2, inf)
     # a failure above an observed onset leaves the seed complete; below it, incomplete
@@ -251,3 +251,10 @@ def test_a_real_sweep_over_three_seeds():
     assert all(0.01 < e < 3.0 for e in etas)
     assert "observed in 3 of 3" in str(res)
     json.dumps(res.to_dict())
+
+
+def test_the_median_onset_says_why_it_is_missing():
+    from topoverify.experiments.seed_stats import onset_median_text
+    assert onset_median_text(0.25, 3) == "0.25"
+    assert "no complete seed" in onset_median_text(None, 0)
+    assert "at least half" in onset_median_text(None, 4)

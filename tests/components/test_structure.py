@@ -108,6 +108,9 @@ def test_public_names_resolve_lazily():
         assert set(pkg.__all__) <= set(dir(pkg))
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         topoverify.not_a_name  # noqa: B018
+    code = ("import topoverify; topoverify.reports.api.report; topoverify.neurons.layouts.neuron_cloud; "
+            "topoverify.experiments.schedules.step_decay; topoverify.checks.critical_rate.check_critical_rate")
+    subprocess.run([sys.executable, "-c", code], check=True)  # submodules on attribute access, as before
     code = ("import sys, topoverify, topoverify.experiments; "
             "print(sorted(m for m in ('torch', 'topoverify.checks.step_prediction', 'topoverify.reports.api') "
             "if m in sys.modules))")

@@ -3,6 +3,7 @@ and a sweep with the same out_dir reads back what matches its configuration, not
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -10,6 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from topoverify.errors import TopoverifyError
 from topoverify.experiments.rate_sweep import sgd_factory, sweep
@@ -138,3 +140,56 @@ def test_bad_out_dir_and_resume(tmp_path):
         sweep(circle_scenario(n=16), sgd_factory(), [0.05], 2, out_dir=tmp_path / "file", **FAST)
     with pytest.raises(TopoverifyError, match="resume must be True"):
         sweep(circle_scenario(n=16), sgd_factory(), [0.05], 2, out_dir=tmp_path, resume="yes", **FAST)
+
+
+def _l1(model, batch):
+    x, y = batch
+    return (model(x) - y).abs().mean()
+
+
+def _halving_sgd(model, lr):
+    """SGD whose factory also installs gradient hooks (state outside param_groups)."""
+    for p in model.parameters():
+        p.register_hook(lambda g: g / 2)
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+@pytest.mark.parametrize("change", ["loss", "later batches", "hooks"])
+def test_what_changes_a_run_after_its_first_batch_is_in_the_hash(tmp_path, change):
+    """The config hash sees the loss, the optimizer's behaviour (a probe step) and every batch of the run, not
+    only the initial parameters and batch_at(0) (review of issue 13: a report with another loss read the
+    old runs back)."""
+    sc = circle_scenario(n=16)
+    x, y = sc.batch
+    base = dataclasses.replace(sc, batches=lambda t: (x, y))
+    changed = {"loss": dataclasses.replace(base, loss_fn=_l1),
+               "later batches": dataclasses.replace(base, batches=lambda t: (x, y) if t == 0 else (x, 2 * y)),
+               "hooks": base}[change]
+    make = _halving_sgd if change == "hooks" else sgd_factory()
+    sweep(base, sgd_factory(), [0.05], 4, out_dir=tmp_path, **FAST)
+    r = sweep(changed, make, [0.05], 4, out_dir=tmp_path, **FAST)
+    assert (r.n_resumed, r.n_computed) == (0, 1)
+    again = sweep(changed, make, [0.05], 4, out_dir=tmp_path, **FAST)
+    assert (again.n_resumed, again.n_computed) == (1, 0)   # the probe is reproducible: it still resumes
+
+
+def test_repeated_rates_are_refused():
+    with pytest.raises(TopoverifyError, match="repeated"):
+        sweep(circle_scenario(n=16), sgd_factory(), [0.5, 0.5], 2, seeds=[1, 2], **FAST)
+
+
+def test_a_record_that_is_not_the_run_its_hash_names_is_skipped_and_the_manifest_names_real_files(tmp_path):
+    sc = circle_scenario(n=16)
+    sweep(sc, sgd_factory(), [0.05, 0.5], 4, seeds=[0], out_dir=tmp_path, **FAST)
+    path = sorted((tmp_path / "runs").glob("lr000-*.json"))[0]
+    data = json.loads(path.read_text())
+    data["record"]["lr"] = 123.0
+    path.write_text(json.dumps(data))
+    with pytest.warns(RuntimeWarning, match="not the one its config hash names"):
+        r = sweep(sc, sgd_factory(), [0.05, 0.5], 4, seeds=[0], out_dir=tmp_path, **FAST)
+    assert (r.n_resumed, r.n_computed) == (1, 1) and sorted(x.lr for x in r.runs) == [0.05, 0.5]
+    # a new rate in front: the old runs are read back from their files (index 0 and 1), which the manifest names
+    r = sweep(sc, sgd_factory(), [0.01, 0.05, 0.5], 4, seeds=[0], out_dir=tmp_path, **FAST)
+    assert (r.n_resumed, r.n_computed) == (2, 1)
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    assert all((tmp_path / "runs" / run["file"]).exists() for run in manifest["runs"])

@@ -12,3 +12,8 @@
 
 T8 (lr·K at every step) is recorded by :func:`topoverify.experiments.rate_sweep.sweep`.
 """
+
+from topoverify.lazy import lazy_names as _lazy_names
+
+# submodules on attribute access (topoverify.lazy), as after the eager imports of earlier versions
+__getattr__, __dir__ = _lazy_names(__name__, {})

@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from topoverify import topology
+from topoverify.checks.step_bounds import step_in_place
 from topoverify.errors import NonFiniteError, TopoverifyError, UnsupportedError
 from topoverify.experiments.scenarios import Scenario
 from topoverify.experiments.schedules import ScheduleSpec
@@ -125,6 +126,10 @@ def _validate_options(steps: int, every: int, lrs: list[float], rule: str, margi
         raise TopoverifyError(f"every must be an integer >= 1; got {every!r}.")
     if not lrs or not all(v > 0 and math.isfinite(v) for v in lrs):
         raise TopoverifyError(f"lrs must be a non-empty sequence of finite positive rates; got {lrs!r}.")
+    if len(set(lrs)) != len(lrs):
+        raise TopoverifyError(f"lrs has repeated rates ({sorted({v for v in lrs if lrs.count(v) > 1})}): a repeated "
+                              f"run is a copy, not more evidence; give each rate once (use seeds=[...] for more "
+                              f"runs per rate).")
     # the topology functions validate their own options; one point costs nothing
     topology.betti_report(np.zeros((1, 1)), maxdim=0, rule=rule, margin=margin)
     topology.MergeTracker(np.zeros((1, 1)), roundoff_ulps=roundoff_ulps, collapse_orders=collapse_orders)
@@ -171,14 +176,32 @@ def _draw(scenario, seeds: list[int] | None, lrs: list[float]) -> tuple[dict, di
     return drawn, failed
 
 
+def _probe(sc: Scenario, make_optimizer, lr: float) -> list[str]:
+    """One real step of the run's optimizer and loss from the seed's initial state (a fresh model): the loss and
+    each parameter's (sum, sum of squares) after it, to 8 significant digits; a probe that raises gives its
+    error. For the config hash (:mod:`topoverify.experiments.sweep_store`): it changes with the loss, the
+    optimizer's behaviour and hooks a factory installs."""
+    try:
+        model = sc.model()
+        loss = step_in_place(model, make_optimizer(model, lr), sc.loss_fn, sc.batch_at(0))
+        with torch.no_grad():
+            vals = [loss] + [float(v) for p in model.parameters() for v in (p.sum(), (p * p).sum())]
+        return [f"{v:.8g}" for v in vals]
+    except Exception as exc:  # noqa: BLE001 - the run itself will raise and be recorded; the hash says so
+        return [f"probe raised {type(exc).__name__}: {exc}"]
+
+
 def _seed_state(sc: Scenario, model: nn.Module, setup: RunSetup, make_optimizer, lrs: list[float], opt_name: str,
                 hashed: bool) -> dict:
     """Fingerprints of one seed's initial state: the tracked cloud and batch_at(0) (the copies guard) and, for
-    the config hashes, all parameters and the optimizer at each rate."""
+    the config hashes, all parameters, every batch of the run, and the optimizer and a probe step at each rate."""
     info = {"cloud": fingerprint(neuron_cloud(model, setup.tracked)), "batch": fingerprint(sc.batch_at(0))}
     if hashed:
         info["params"] = fingerprint(model.state_dict())
+        info["batches"] = info["batch"] if sc.batches is None else \
+            fingerprint([sc.batch_at(t) for t in range(setup.steps + 1)])
         info["optimizers"] = [optimizer_config(make_optimizer(model, lr), opt_name) for lr in lrs]
+        info["probes"] = [_probe(sc, make_optimizer, lr) for lr in lrs]
     return info
 
 
@@ -310,19 +333,22 @@ builds: a seed whose factory raises is a failure at every rate). ``executor``:
                 for s in drawn:
                     st, sc = states[s], drawn[s]
                     digests[i, s] = config_hash(run_config(
-                        {"name": sc.name, "description": sc.description, "params": st["params"], "batch0": st["batch"]},
+                        {"name": sc.name, "description": sc.description, "params": st["params"], "batch0": st["batch"],
+                         "batches": st["batches"], "probe": st["probes"][i]},
                         st["optimizers"][i], lr, s, options, schedule.preview(lr, steps) if schedule else None))
-            found = read_runs(store, digests.values()) if resume else {}
-            resumed = {(t.index, t.seed): found[digests[t.index, t.seed]] for t in tasks
+            found = read_runs(store, {digests[i, s]: (lrs[i], s, steps) for (i, s) in digests}) if resume else {}
+            resumed = {(t.index, t.seed): found[digests[t.index, t.seed]][0] for t in tasks
                        if digests[t.index, t.seed] in found}
+            files = {h: path.name for h, (_, path) in found.items()}
             tasks = [t for t in tasks if (t.index, t.seed) not in resumed]
         else:
-            resumed = {}
+            resumed, files = {}, {}
         executor_label = "serial" if executor == "local" and workers == 1 else executor
         manifest = dict(scenario=base.name, description=base.description, optimizer=opt_name, rates=lrs, seeds=seed_list,
                         steps=steps, options=options, executor=executor_label, workers=workers,
                         runs=[{"index": i, "lr": lrs[i], "seed": s, "config_hash": h,
-                               "file": record_path(store, i, s, h).name} for (i, s), h in digests.items()])
+                               "file": files.get(h) or record_path(store, i, s, h).name}
+                              for (i, s), h in digests.items()])
 
         def on_done(task: RunTask, result: RunRecord | RunFailure) -> None:
             results[task.index, task.seed] = result

@@ -235,8 +235,7 @@ class OnsetDistribution(ResultMixin):
         return text + ("?" if seed in self.incomplete else "")
 
     def __str__(self) -> str:
-        med = ("n/a (fewer than half observed: censored)" if self.onset_median is None and self.n_complete
-               else fmt(self.onset_median))
+        med = onset_median_text(self.onset_median, self.n_complete)
         per = ", ".join(f"{s}: {self.onset_text(s)}" for s in self.seeds)
         inc = (f"; incomplete (a run below the onset failed or is missing; onset an upper bound, left out of "
                f"the median): {self.incomplete}" if self.incomplete else "")
@@ -245,6 +244,15 @@ class OnsetDistribution(ResultMixin):
                 f"{self.n_complete} complete seeds, median {med} (range {_fmt_range(self.onset_range, 4)}), per "
                 f"seed {per}; onset/eta* median {fmt(self.ratio_median, 3)} (range {_fmt_range(self.ratio_range)})"
                 f"{inc}")
+
+
+def onset_median_text(onset_median: float | None, n_complete: int) -> str:
+    """The median onset in words: the number, or why there is none."""
+    if onset_median is not None:
+        return fmt(onset_median)
+    if not n_complete:
+        return "not defined (no complete seed: a run below each seed's onset failed or is missing)"
+    return "not defined (no change for at least half of the complete seeds at the rates run: censored)"
 
 
 def seed_eta_star(result: SweepResult, seed: int | None) -> tuple[float | None, float | None]:

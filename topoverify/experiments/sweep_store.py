@@ -12,8 +12,11 @@ determines it (:func:`run_config`): the scenario's name, description and a sha25
 parameters (state_dict, in order: name, dtype, shape, bytes) and of the tensors of ``batch_at(0)``; the
 optimizer's name, class and param-group hyperparameters (built on the initial model, params excluded); the
 rate, seed, steps and every measurement option; the schedule's name and its rates; topoverify's and torch's
-versions. Anything else (code changed inside a factory without changing its output at step 0, data after
-step 0) is not seen: give such a sweep a fresh ``out_dir``.
+versions; every batch the run will use (``batch_at(t)``, t = 0..steps); and a *probe*: one real step of the
+run's optimizer and loss from the seed's initial state, whose loss and per-parameter sums after the step
+(8 significant digits, so that round-off from another thread count does not matter) change with the loss
+function, the optimizer's behaviour or hooks a factory installs. What a probe cannot see (code that changes
+the run only after its first step) is not seen: give such a sweep a fresh ``out_dir``.
 
 :func:`run_record_from_dict`, :func:`snapshot_from_dict` and :func:`run_failure_from_dict` invert ``to_dict``
 (the derived keys it adds are dropped; "nan"/"inf"/"-inf" become floats, tuples tuples, diagrams float64
@@ -29,7 +32,6 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +165,22 @@ def check_out_dir(out_dir) -> Path:
 
 # ----------------------------------------------------------------------------------------------- reading
 
-def read_runs(out_dir: Path, wanted: Iterable[str]) -> dict[str, RunRecord]:
-    """The ``status: ok`` records in ``out_dir/runs`` whose config hash is in ``wanted``, by hash. Unreadable,
-    truncated or foreign files are skipped with a warning naming them; other configurations are left alone."""
-    wanted = set(wanted)
-    found: dict[str, RunRecord] = {}
+def _check_record(rec: RunRecord, lr: float, seed: int | None, steps: int) -> None:
+    """A record read back must be the run it is filed as, and whole."""
+    if rec.lr != lr or rec.seed != seed or rec.steps != steps:
+        raise ValueError(f"it holds the run (lr={rec.lr}, seed={rec.seed}, steps={rec.steps}), not the one its "
+                         f"config hash names (lr={lr}, seed={seed}, steps={steps})")
+    if not rec.snapshots or len(rec.loss) != rec.steps_run or rec.steps_run > rec.steps:
+        raise ValueError(f"an incomplete record ({len(rec.snapshots)} snapshots, {len(rec.loss)} losses for "
+                         f"{rec.steps_run} steps run)")
+
+
+def read_runs(out_dir: Path, wanted: dict[str, tuple]) -> dict[str, tuple[RunRecord, Path]]:
+    """The ``status: ok`` records in ``out_dir/runs`` whose config hash is a key of ``wanted`` (hash -> the
+    run's (lr, seed, steps)), as hash -> (record, file). Unreadable, truncated, foreign or inconsistent files
+    (a record that is not the run its hash names, or is incomplete) are skipped with a warning naming them;
+    other configurations are left alone."""
+    found: dict[str, tuple[RunRecord, Path]] = {}
     for path in sorted((Path(out_dir) / "runs").glob("*.json")):
         try:
             with open(path, encoding="utf-8") as f:
@@ -177,7 +190,9 @@ def read_runs(out_dir: Path, wanted: Iterable[str]) -> dict[str, RunRecord]:
             digest = data["config_hash"]
             if digest not in wanted or data["status"] != "ok":
                 continue
-            found[digest] = run_record_from_dict(data["record"])
+            rec = run_record_from_dict(data["record"])
+            _check_record(rec, *wanted[digest])
+            found[digest] = (rec, path)
         except Exception as exc:  # noqa: BLE001 - a bad file is skipped, never a crash
             warnings.warn(f"sweep out_dir: skipping {path} ({type(exc).__name__}: {exc}); the run it may hold "
                           f"is computed again.", RuntimeWarning, stacklevel=3)

@@ -6,3 +6,8 @@ from topoverify.reports.document import Report, ReportFiles
 from topoverify.reports.schema import SCHEMA_VERSION, load_schema, validate_report
 
 __all__ = ["Report", "ReportFiles", "SCHEMA_VERSION", "load_schema", "validate_report"]
+
+from topoverify.lazy import lazy_names as _lazy_names
+
+# submodules on attribute access (topoverify.lazy), as after the eager imports of earlier versions
+__getattr__, __dir__ = _lazy_names(__name__, {})

@@ -82,7 +82,7 @@ def seed_findings(key: str, res) -> list[str]:
     """Findings for a sweep over seeds: per rate the fraction of seeds whose topology changed (with its
     Clopper-Pearson interval), the predicted η* over seeds and the empirical onset as a distribution (censored
     seeds as "> the largest rate")."""
-    from topoverify.experiments.seed_stats import onset_distribution, rate_stats
+    from topoverify.experiments.seed_stats import onset_distribution, onset_median_text, rate_stats
     stats, dist = rate_stats(res), onset_distribution(res)
     head = f"{key}: over {len(dist.seeds)} seeds"
     if dist.eta_star_median is not None:
@@ -96,8 +96,7 @@ def seed_findings(key: str, res) -> list[str]:
         parts.append(f"lr = {fmt(st.lr)}: topology changed in {st.n_changed} of {st.n_runs} runs "
                      f"{st.fraction_interval}" + (f" ({', '.join(extra)})" if extra else ""))
     per = ", ".join(f"seed {s}: {dist.onset_text(s)}" for s in dist.seeds)
-    median = (f"median {fmt(dist.onset_median)}" if dist.onset_median is not None else
-              "median not defined (no change for at least half of the seeds at the rates run)")
+    median = f"median {onset_median_text(dist.onset_median, dist.n_complete)}"
     inc = (f"; incomplete (a run below the onset failed or is missing, '?'): seeds "
            f"{', '.join(map(str, dist.incomplete))}" if dist.incomplete else "")
     return [head + "; " + "; ".join(parts) + ".", f"{key}: empirical onset of topology change per seed: {per}; "

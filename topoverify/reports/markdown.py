@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from topoverify.formatting import fmt
+from topoverify.experiments.seed_stats import onset_median_text
 
 __all__ = ["render_markdown", "HOW_TO_READ", "cell", "row_cells", "section_tables", "interval_text"]
 
@@ -110,8 +111,7 @@ def _seed_tables(data: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append(("Predicted eta* (at each seed's initial state) and empirical onset per seed ('?': a run "
                     "below the onset failed or is missing, so the onset is an upper bound)", *_rows(recs, _ONSETS)))
         n_c = dist.get("n_complete", len(dist["seeds"]) - len(inc))
-        median = (cell(dist["onset_median"]) if dist.get("onset_median") is not None else
-                  "not defined (no change for at least half of the complete seeds)")
+        median = onset_median_text(dist.get("onset_median"), n_c)
         summary = {"eta* median (estimate)": dist.get("eta_star_median"),
                    "eta* range": _range_text(dist.get("eta_star_range")),
                    "onset median": median, "onset range (observed)": _range_text(dist.get("onset_range")),

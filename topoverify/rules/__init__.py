@@ -29,3 +29,8 @@ __all__ = [
     "ADAM_RULE", "NADAM_RULE", "RADAM_RULE", "ADAMAX_RULE", "CoordinateFamily", "coordinate_constants",
     "RMSPROP_RULE", "ADAGRAD_RULE", "sign_rule", "FAMILIES", "family_for", "family_constants",
 ]
+
+from topoverify.lazy import lazy_names as _lazy_names
+
+# submodules on attribute access (topoverify.lazy), as after the eager imports of earlier versions
+__getattr__, __dir__ = _lazy_names(__name__, {})

@@ -1,1 +1,6 @@
 """Hypothesis strategies for topoverify's property tests and checkers."""
+
+from topoverify.lazy import lazy_names as _lazy_names
+
+# submodules on attribute access (topoverify.lazy), as after the eager imports of earlier versions
+__getattr__, __dir__ = _lazy_names(__name__, {})

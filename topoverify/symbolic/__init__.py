@@ -175,3 +175,8 @@ __all__ = [
     "solve_eta_star",
     "transposition_identity_residuals",
 ]
+
+from topoverify.lazy import lazy_names as _lazy_names
+
+# submodules on attribute access (topoverify.lazy), as after the eager imports of earlier versions
+__getattr__, __dir__ = _lazy_names(__name__, {})

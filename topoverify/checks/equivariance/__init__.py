@@ -23,3 +23,8 @@ from topoverify.checks.equivariance.report import VERDICTS, Counterexample, Cove
 
 __all__ = ["equivariance_error", "assert_equivariant", "EquivarianceReport", "Counterexample", "Coverage",
            "Mismatch", "VERDICTS", "Interrupted", "run_example", "fixed_permutations"]
+
+from topoverify.lazy import lazy_names as _lazy_names
+
+# submodules on attribute access (topoverify.lazy), as after the eager imports of earlier versions
+__getattr__, __dir__ = _lazy_names(__name__, {})
