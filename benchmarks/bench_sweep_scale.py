@@ -221,7 +221,7 @@ def gpt2_estimate(batch: int = 4, seq: int = 128) -> list[str]:
              f"Extrapolated (not measured): a run with lr*K of all 12 MLP layers before every step costs ~ train + "
              f"12 x K = {per_step:.1f} s per step on this machine's 2 cores, {per_step * steps / 3600:.1f} h for "
              f"{steps} steps; attention heads (issue 12) add their own K. A {runs}-run sweep (6 rates x 4 seeds) is "
-             f"{runs * per_step * steps / 3600:.0f} core-pair-hours: on a Ray cluster of {runs} such workers (one run "
+             f"{runs * per_step * steps / 3600:.0f} hours of this 2-core machine: on a Ray cluster of {runs} such workers (one run "
              f"each, no communication between runs) its wall time is one run's, {per_step * steps / 3600:.1f} h, plus "
              f"start-up; recording lr*K every 10th step instead of every step divides the K part by 10 "
              f"({(train + 1.2 * k_time) * steps / 3600:.1f} h per run). A GPU worker changes the constants, not the "
