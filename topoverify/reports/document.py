@@ -63,8 +63,8 @@ def _betti(snap) -> str:
 
 def _run_row(run, eta_star: float | None) -> dict[str, Any]:
     """Derived per-run numbers for the per-run table (lr/η* with the run's own η* when it has one: seeds)."""
-    eta_star = getattr(run, "eta_star", None) or eta_star
-    return {"lr": run.lr, "seed": getattr(run, "seed", None), "lr_over_eta_star": run.lr / eta_star if eta_star else None,
+    eta_star = run.eta_star or eta_star
+    return {"lr": run.lr, "seed": run.seed, "lr_over_eta_star": run.lr / eta_star if eta_star else None,
             "schedule": getattr(run, "schedule", ""), "steps_run": run.steps_run, "steps": run.steps,
             "max_lrK": run.max_eta_K, "max_lrK_step": run.max_eta_K_step,
             "max_lrK_before_change": run.max_eta_K_before_change, "max_lrK_certified": run.max_eta_K_upper,
@@ -82,19 +82,19 @@ def _summary_row(section: str, optimizer: str, run) -> dict[str, Any]:
            "betti": f"{_betti(run.initial)} -> {_betti(run.final)}",
            "distinct": f"{run.initial.distinct} -> {run.final.distinct}", "final_loss": run.final_loss,
            "diverged": run.diverged}
-    if getattr(run, "seed", None) is not None:   # schema 1.1: the scenario seed of a sweep over seeds
+    if run.seed is not None:   # schema 1.1: the scenario seed of a sweep over seeds
         row["seed"] = run.seed
     return row
 
 
 def _by_rate_seed(runs) -> list:
-    return sorted(runs, key=lambda r: (r.lr, getattr(r, "seed", None) is not None, getattr(r, "seed", None) or 0))
+    return sorted(runs, key=lambda r: (r.lr, r.seed is not None, r.seed or 0))
 
 
 def _first_seed_runs(result) -> tuple[list, Callable[[Callable], Callable]]:
     """(runs, wrap) for the per-run figures: every run of a sweep with one seed; with several seeds the first
     seed's runs, and ``wrap(fig)`` adds that to the figure's caption (the phase diagram shows every seed)."""
-    seeds = getattr(result, "seeds", None)
+    seeds = result.seeds
     if not seeds or len(seeds) < 2:
         return list(result.runs), lambda fn: fn
     first = seeds[0]
@@ -110,20 +110,9 @@ def _first_seed_runs(result) -> tuple[list, Callable[[Callable], Callable]]:
 
 def _execution(result) -> dict[str, Any]:
     """How a sweep ran (schema 1.1): its seeds, executor, workers, runs read back / computed, failures."""
-    return {"seeds": getattr(result, "seeds", None), "executor": getattr(result, "executor", "serial"),
-            "workers": getattr(result, "workers", 1), "n_resumed": getattr(result, "n_resumed", 0),
-            "n_computed": getattr(result, "n_computed", len(result.runs)),
-            "runs_dir": getattr(result, "out_dir", ""),
-            "failures": [jsonable(f) for f in getattr(result, "failures", [])]}
-
-
-def _seed_statistics(result) -> dict[str, Any]:
-    """``rate_stats`` and ``onset_distribution`` of a sweep over several seeds (schema 1.1); {} otherwise."""
-    if not getattr(result, "seeds", None):
-        return {}
-    from topoverify.experiments.seed_stats import onset_distribution, rate_stats
-    return {"rate_stats": [jsonable(st) for st in rate_stats(result)],
-            "onset_distribution": jsonable(onset_distribution(result))}
+    return {"seeds": result.seeds, "executor": result.executor, "workers": result.workers,
+            "n_resumed": result.n_resumed, "n_computed": result.n_computed, "runs_dir": result.out_dir,
+            "failures": [jsonable(f) for f in result.failures]}
 
 
 def _layer_table(prediction) -> list[dict[str, Any]]:
@@ -210,7 +199,9 @@ class Report:
                     "eta_star": result.eta_star, "eta_star_certified": result.eta_star_certified,
                     "summary_text": result.summary(),
                     "runs": [_run_row(r, result.eta_star) for r in _by_rate_seed(result.runs)],
-                    "result": d, **_execution(result), **_seed_statistics(result)}
+                    "result": d, **_execution(result),
+                    # a sweep over seeds: SweepResult.to_dict's rate_stats and onset_distribution, also at the top
+                    **{k: d[k] for k in ("rate_stats", "onset_distribution") if k in d}}
 
         runs, per_run = _first_seed_runs(result)
         figures = [("phase", phase_diagram, (result,)), ("lrk_edge", per_run(lrk_edge_figure), (runs,)),
