@@ -11,8 +11,9 @@ from __future__ import annotations
 import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
-ORDER = ["report.md", "sweep_scale.md", "monitor.md", "predict.md", "predict_adam.md", "tightness.md", "topology.md", "equivariance.md", "sweep.md", "third_party_optimizers.md"]
+ORDER = ["report.md", "sweep_scale.md", "transformers.md", "monitor.md", "predict.md", "predict_adam.md", "tightness.md", "topology.md", "equivariance.md", "sweep.md", "third_party_optimizers.md"]
 SCRIPTS = {
+    "transformers.md": "bench_transformers.py",
     "report.md": "bench_report.py",
     "sweep_scale.md": "bench_sweep_scale.py",
     "monitor.md": "bench_monitor.py",

@@ -6,7 +6,9 @@ Public API (see README.md); each claim of ``spec/claims.toml`` has one checker (
   optimizer-specific forms: momentum SGD, Adam/AdamW/NAdam/RAdam/Adamax/RMSprop/Adagrad with the additive bound
   beside the multiplicative one), predicted from the pre-step state and held against a real optimizer step;
   ``verify_steps`` — the multistep product bound (T4) over a run; ``check_field_identity`` — one update field
-  for all neurons (T1).
+  for all neurons (T1); ``check_unit_layouts`` — which units of a real architecture (MLP units, attention heads
+  and their query/key and value/output dims, BatchNorm channels, residual streams) are permutable, and where
+  one update field holds (T9); ``unit_field`` — that field for any detected layer.
 * ``register_rule`` / ``OptimizerRule`` — how ``predict_step`` reads an optimizer family (SGD and torch's
   adaptive optimizers built in; ``sign_rule`` for Lion-style optimizers, ``CoordinateFamily`` for new
   coordinate-wise maps).
@@ -46,6 +48,8 @@ _LAZY = {
     "Interrupted": "topoverify.checks.equivariance",
     "assert_equivariant": "topoverify.checks.equivariance",
     "equivariance_error": "topoverify.checks.equivariance",
+    "UnitLayoutCheck": "topoverify.checks.architecture",
+    "check_unit_layouts": "topoverify.checks.architecture",
     "FieldIdentityCheck": "topoverify.checks.field_identity",
     "check_field_identity": "topoverify.checks.field_identity",
     "SymmetryReport": "topoverify.checks.merges",
@@ -67,6 +71,7 @@ _LAZY = {
     "detect_layers": "topoverify.neurons.layouts",
     "explicit_layer": "topoverify.neurons.layouts",
     "neuron_cloud": "topoverify.neurons.layouts",
+    "unit_field": "topoverify.measure.fields",
     "inverse_permutation": "topoverify.neurons.permute",
     "permute": "topoverify.neurons.permute",
     "preflight": "topoverify.neurons.preflight",
@@ -86,18 +91,18 @@ __version__ = "0.1.0"
 __all__ = [
     # checkers, one per claim
     "check_field_identity", "verify_step", "verify_steps", "check_critical_rate", "check_identical_neurons",
-    "equivariance_error", "assert_equivariant", "predict_step", "sweep", "topology",
+    "check_unit_layouts", "equivariance_error", "assert_equivariant", "predict_step", "sweep", "topology",
     # the bound report and the training-loop monitor
     "report", "ReportResult", "TopologyMonitor", "TopologyBreakdownWarning",
     # results
     "CriticalRateCheck", "Counterexample", "Coverage", "EquivarianceReport", "FieldIdentityCheck", "Interrupted",
     "LayerPrediction", "LayerVerification", "MultiStepVerification", "StepPrediction", "StepVerification",
-    "SweepResult", "SymmetryReport",
+    "SweepResult", "SymmetryReport", "UnitLayoutCheck",
     # optimizer rules (predict_step reads an optimizer through its registered rule)
     "OptimizerRule", "register_rule", "registered", "unregister_rule", "sign_rule", "CoordinateFamily",
     # neurons
     "NeuronLayer", "ParamAxis", "detect_layers", "explicit_layer", "inverse_permutation", "neuron_cloud",
-    "permute", "preflight",
+    "permute", "preflight", "unit_field",
     # errors
     "LayoutError", "NonFiniteError", "TopoverifyError", "UnsupportedError",
     "__version__",

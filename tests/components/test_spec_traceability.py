@@ -23,8 +23,9 @@ from topoverify.spec_index import (
 )
 
 ROOT = default_repo_root()
-CLAIM_IDS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8"]
-OWN_TEST_FILES = {"tests/claims/test_symbolic.py", "tests/claims/test_proofs_algebra.py", "tests/components/test_spec_traceability.py"}
+CLAIM_IDS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9"]
+SYMBOLIC_TEST_FILES = {"tests/claims/test_symbolic.py", "tests/claims/test_proofs_algebra.py", "tests/claims/test_t9_symbolic.py"}
+OWN_TEST_FILES = SYMBOLIC_TEST_FILES | {"tests/components/test_spec_traceability.py"}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_every_claim_with_a_sympy_form_has_a_symbolic_test_that_exists(claims):
     for c in claims:
         if c.sympy is None:
             continue
-        own = [t for t in c.tests if t.split("::")[0] in {"tests/claims/test_symbolic.py", "tests/claims/test_proofs_algebra.py"}]
+        own = [t for t in c.tests if t.split("::")[0] in SYMBOLIC_TEST_FILES]
         assert own, f"{c.id} has sympy = {c.sympy!r} but no test in test_symbolic/test_proofs_algebra"
         for t in own:
             ok, reason = test_exists(t, ROOT)

@@ -8,6 +8,9 @@
 * T4 :func:`.multistep.verify_steps` — the product bound over a run, K_t at each step's pre-step state;
 * T5 :func:`.persistence.check_persistence_stability` — log-scale diagrams move by at most ε;
 * T6 :func:`.merges.check_identical_neurons` — merged neurons stay merged;
+* T9 :func:`.architecture.check_unit_layouts` — which units of real architectures (MLP units, attention heads
+  and their query/key and value/output dims, BatchNorm channels, residual streams) are permutable, and where one
+  field holds;
 * permutation equivariance of any optimizer (T1(a), T6's E1): :mod:`.equivariance`.
 
 T8 (lr·K at every step) is recorded by :func:`topoverify.experiments.rate_sweep.sweep`.

@@ -1,9 +1,10 @@
 """Claim T1 against autograd: every neuron's loss gradient is one field evaluated at that neuron (the checker
 of T1 in ``spec/claims.toml``).
 
-For each layer, the field g(z) = ∇Φ(z) of :func:`topoverify.measure.field.block_samples` (built from the
-layer input and the back-propagated signal δ, frozen at the current state) is evaluated at every neuron and
-compared with autograd's per-neuron gradient ∂L/∂θ_i:
+For each layer, the field g(z) = ∇Φ(z) of :func:`topoverify.measure.fields.unit_field` (built from the
+block's inputs and the back-propagated signal δ, frozen at the current state; every kind with a field, T9:
+MLP/conv blocks, gated MLPs, attention heads and value/output dims, BatchNorm channels in train mode) is
+evaluated at every neuron and compared with autograd's per-neuron gradient ∂L/∂θ_i:
 
     residual = max_i ‖g(θ_i) − ∂L/∂θ_i‖ / max(max_i ‖|g|(θ_i)‖, max_i ‖∂L/∂θ_i‖),
 
@@ -11,8 +12,10 @@ which T1(b) says is 0 up to round-off (an exact identity, not an approximation).
 field with every per-sample term replaced by its absolute value (:func:`field_magnitude`): round-off in a sum
 grows with the terms summed, not with the sum, so near a stationary point (where the terms cancel and ∂L/∂θ_i
 is tiny) round-off is not mistaken for a violation, while a missing term (a non-additive entry) still is.
+For fields other than the closed-form Linear/Conv one the scale is max(‖g(θ_i)‖, ‖∂L/∂θ_i‖) instead.
 The tolerance is relative and follows the dtype (like e3nn's ``assert_equivariant``): 1e-9 for float64,
-1e-4 for float32; half-precision models are refused (:func:`require_full_precision`). Layers
+1e-4 for float32 (float32's also for a float64 block that computes in float32 inside, e.g. Hugging Face
+LLaMA-family eager attention's softmax); half-precision models are refused (:func:`require_full_precision`). Layers
 with a kink (ReLU) are fine: the identity holds wherever the pre-activations avoid the kink, and at the kink
 both sides use torch's one-sided derivative. A model whose neurons do not enter the next layer additively
 (claim T1's assumption A2) either fails layout detection (a clear :class:`LayoutError`) or fails here.
@@ -32,7 +35,9 @@ from topoverify.checks.verdicts import LayerRows
 from topoverify.errors import UnsupportedError
 from topoverify.formatting import ResultMixin, fmt
 from topoverify.measure.chunks import row_chunks
-from topoverify.measure.field import BlockSamples, block_samples
+from topoverify.measure.field import BlockSamples
+from topoverify.measure.attention_field import tolerance_for
+from topoverify.measure.fields import unit_field
 from topoverify.neurons.copying import clone
 from topoverify.neurons.layouts import NeuronLayer, neuron_cloud, resolve_layers
 from topoverify.neurons.lossfn import check_loss
@@ -125,7 +130,7 @@ def check_field_identity(model: nn.Module, loss_fn: Callable, batch, *,
         cloud = neuron_cloud(private, layer)
         base = dict(layer=layer.name, n_neurons=layer.size, dim=cloud.shape[1], activation=layer.activation)
         try:
-            samples, loss = block_samples(private, layer, loss_fn, batch)
+            samples, loss = unit_field(private, layer, loss_fn, batch, check=False)
         except UnsupportedError as exc:
             rows.append(LayerFieldIdentity(**base, residual=math.nan, tolerance=math.nan, holds=None,
                                            reason=str(exc)))
@@ -133,11 +138,13 @@ def check_field_identity(model: nn.Module, loss_fn: Callable, batch, *,
         field = samples.gradient(cloud).to(torch.float64)
         auto = autograd_neuron_gradients(private, layer, loss_fn, batch).to(torch.float64)
         errors = (field - auto).norm(dim=1)
-        terms = float(field_magnitude(samples, cloud).to(torch.float64).norm(dim=1).max()) if errors.numel() else 0.0
+        magnitude = field_magnitude(samples, cloud) if isinstance(samples, BlockSamples) else field
+        terms = float(magnitude.to(torch.float64).norm(dim=1).max()) if errors.numel() else 0.0
         grads = float(auto.norm(dim=1).max()) if errors.numel() else 0.0
         scale = max(terms, grads)
         residual = float(errors.max()) / scale if scale > 0 else 0.0
-        tol = RELATIVE_TOLERANCE.get(cloud.dtype, RELATIVE_TOLERANCE[torch.float32])
+        tol = max(RELATIVE_TOLERANCE.get(cloud.dtype, RELATIVE_TOLERANCE[torch.float32]),
+                  tolerance_for(samples, cloud.dtype))  # a block computing in a coarser precision inside
         rows.append(LayerFieldIdentity(**base, residual=residual, tolerance=tol, holds=residual <= tol,
                                        worst_neuron=int(errors.argmax()) if errors.numel() else None,
                                        gradient_scale=grads, term_scale=terms))

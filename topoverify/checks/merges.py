@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from topoverify.checks.equivariance.block_nets import BlockSpec
 from topoverify.checks.equivariance.limits import DEFAULT_TIMEOUT, ExampleTimeout, time_limit, where
 from topoverify.checks.equivariance.setup import dtype_name, optimizer_name, parse_dtype, resolve_setup
 from topoverify.checks.equivariance.snapshots import named_state
@@ -69,11 +70,14 @@ class SymmetryReport(ResultMixin):
 
 
 def _entries(model: nn.Module, layer: NeuronLayer, opt) -> tuple[list[tuple[str, Any, torch.Tensor]], list[str]]:
-    """The entries of ``layer`` to compare: (key, member, tensor) for its parameters and the per-parameter
-    state shaped like them, and the keys of its per-parameter state that cannot be split into neurons."""
+    """The entries of ``layer`` to compare: (key, member, tensor) for its parameters, its buffers (BatchNorm
+    running statistics, which move with the channels) and the per-parameter state shaped like the parameters,
+    and the keys of its per-parameter state that cannot be split into neurons."""
     members = {m.name: m for m in layer.members}
     params = dict(model.named_parameters())
     entries = [(f"param {n}", members[n], params[n]) for n in members]
+    buffers = dict(model.named_buffers())
+    entries += [(f"buffer {m.name}", m, buffers[m.name]) for m in getattr(layer, "buffers", ())]
     skipped = []
     for key, (pname, value) in named_state(model, opt).items():
         if pname not in members:
@@ -111,16 +115,18 @@ def _twins(model: nn.Module, layer: NeuronLayer, i: int = 0, j: int = 1) -> torc
 @one_thread
 def check_identical_neurons(make_optimizer: Callable[..., torch.optim.Optimizer], *,
                             optimizer_kwargs: dict[str, Any] | None = None, steps: int = 20, seed: int = 0,
-                            dtype: torch.dtype | str = torch.float64, arch: ArchSpec | None = None,
+                            dtype: torch.dtype | str = torch.float64, arch: ArchSpec | BlockSpec | None = None,
                             rtol: float | None = None, create_graph: bool | None = None,
-                            timeout: float | None = DEFAULT_TIMEOUT) -> SymmetryReport:
+                            timeout: float | None = DEFAULT_TIMEOUT, layer: int = 0) -> SymmetryReport:
     """T6: start an MLP (``arch``, default 2-[6 tanh]-1) with neuron 1 an exact copy of neuron 0 (fresh
     state, so s_0 = s_1), run ``steps`` real steps of ``make_optimizer(params, **optimizer_kwargs)``, and
     compare the two neurons' parameters and per-parameter state exactly after every step: ``"holds"`` when
     bitwise equal throughout, ``"holds up to round-off"`` when a relative gap appears but stays within
     ``rtol`` (default as :func:`topoverify.equivariance_error`'s), ``"broken"`` above it, ``"inconclusive"``
     when the twins never moved. ``timeout``: seconds for the run (verdict ``error`` naming where the rule
-    hung)."""
+    hung). ``arch`` may be a :class:`~topoverify.checks.equivariance.block_nets.BlockSpec` (a transformer block
+    or a BatchNorm conv net) and ``layer`` picks its neuron layer (``arch.widths`` order: heads, then MLP
+    units; BatchNorm channels with their running statistics, which are compared too)."""
     dt = parse_dtype(dtype)
     name = optimizer_name(make_optimizer)
     arch = arch or ArchSpec("mlp", 2, (6,), 1, "tanh", True)
@@ -136,7 +142,10 @@ def check_identical_neurons(make_optimizer: Callable[..., torch.optim.Optimizer]
         return error(f"the optimizer {exc}.")
     except ExampleTimeout as exc:
         return error(f"the rule did not finish within {exc.seconds:g} s: {where(sys.exc_info()[2])}.")
-    example = TrainingExample(arch, layer=0, init_seed=seed + 3, data_seed=seed + 5, batch=8, duplicate=True,
+    if not 0 <= layer < len(arch.widths) or arch.widths[layer] < 2:
+        return error(f"layer {layer} of {arch.describe()} does not exist or has fewer than 2 units (widths "
+                     f"{arch.widths}); pick a layer with two units or more.")
+    example = TrainingExample(arch, layer=layer, init_seed=seed + 3, data_seed=seed + 5, batch=8, duplicate=True,
                               dtype=dtype_name(dt))
     ctx = RunContext.build(make_optimizer, example, setup, steps=steps, seed=seed)
     model = copy.deepcopy(ctx.initial)

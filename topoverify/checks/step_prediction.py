@@ -2,7 +2,8 @@
 resulting one-step bounds on pairwise neuron distances (claims T2, T3).
 
 Nothing here looks at the outcome of the step: K comes from derivatives of the update field at the
-pre-step state (:mod:`topoverify.measure.field`), so holding the prediction against a real step
+pre-step state (:func:`topoverify.measure.fields.unit_field`: MLP/conv blocks, gated MLPs, attention heads,
+value/output dims, BatchNorm channels in train mode; claims T1, T9), so holding the prediction against a real step
 (:func:`topoverify.verify_step`) is a check, not an identity (T2's assumption B3, spec/claims.toml).
 Every bound (T2's band, η* = 1/K) comes from :mod:`topoverify.symbolic`.
 
@@ -18,7 +19,8 @@ Half-precision models are refused (see :func:`require_full_precision`).
 
 Estimates and certificates. ``K`` (power iteration at sampled points) and ``K_fold`` (Rayleigh quotients of
 the largest signed eigenvalue) approach their suprema from below: they are *estimates*. ``K_upper`` and
-``mu_upper`` are *certified* upper bounds over the convex hull of the cloud (:meth:`BlockSamples.hull_bounds`);
+``mu_upper`` are *certified* upper bounds over the convex hull of the cloud (:meth:`BlockSamples.hull_bounds`;
+infinite, with the reason, for fields without a proven bound: gated MLPs, attention heads, BatchNorm channels);
 only they back a guarantee: T2's band with ``K_upper``, and, for a step without a buffer term,
 injectivity on the hull below ``eta_fold_certified`` = 1/mu_upper with lower ratio bound 1 − lr·mu_upper
 (the one-sided condition of T3).
@@ -26,6 +28,7 @@ injectivity on the hull below ``eta_fold_certified`` = 1/mu_upper with lower rat
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,7 +39,8 @@ from torch import nn
 from topoverify.checks.verdicts import LayerLookup
 from topoverify.errors import NonFiniteError, UnsupportedError
 from topoverify.formatting import ResultMixin, fmt
-from topoverify.measure.field import block_samples
+from topoverify.measure.fields import unit_field
+from topoverify.measure.capture_pass import shared_capture
 from topoverify.measure.hessian import top_hessian_eigenvalue
 from topoverify.measure.merges import count_coincident_pairs
 from topoverify.neurons.layouts import NeuronLayer, member_widths, neuron_cloud, resolve_layers
@@ -238,11 +242,12 @@ def predict_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
         preflight(model, layers, loss_fn, batch)
     gen = torch.Generator().manual_seed(seed)
     predictions, loss = [], math.nan
-    for layer in layers:
-        lp, loss_l = _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, power_iters, tol, gen,
-                                    hessian, seed, step, fold)
-        loss = loss_l if not math.isnan(loss_l) else loss
-        predictions.append(lp)
+    with _one_pass(model, loss_fn, batch, layers, step):
+        for layer in layers:
+            lp, loss_l = _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, power_iters, tol, gen,
+                                        hessian, seed, step, fold)
+            loss = loss_l if not math.isnan(loss_l) else loss
+            predictions.append(lp)
     lam = None
     notes = []
     if hessian:
@@ -254,13 +259,25 @@ def predict_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
     return StepPrediction(type(optimizer).__name__, loss, tuple(predictions), lam, step, tuple(notes))
 
 
+def _one_pass(model, loss_fn, batch, layers, step):
+    """One recorded forward and backward pass for every layer's field (a whole-model pass costs as much as a
+    training step); a pass that cannot cover them all (a layout naming a module the model lacks) leaves each
+    layer to run its own, which then reports the problem as that layer's."""
+    if len(layers) < 2:
+        return contextlib.nullcontext()
+    try:
+        return shared_capture(model, loss_fn, batch, layers, step=step)
+    except UnsupportedError:
+        return contextlib.nullcontext()
+
+
 def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, tol, gen, hessian, seed, step,
                    fold):
     cloud = _finite_cloud(model, layer, step)
     try:
         rule = rule_for(optimizer)
         step_map = rule.step_map(optimizer, model, layer)
-        samples, loss = block_samples(model, layer, loss_fn, batch, step=step)
+        samples, loss = unit_field(model, layer, loss_fn, batch, step=step)
     except UnsupportedError as exc:
         return LayerPrediction(**_base(layer, cloud), available=False, reason=str(exc)), math.nan
     lp = predict_layer(model, optimizer, layer, samples, neighbors=neighbors, power_iters=iters, tol=tol,
@@ -290,7 +307,7 @@ def predict_layer(model: nn.Module, optimizer: torch.optim.Optimizer, layer: Neu
                   cloud: torch.Tensor | None = None, rule: tuple | None = None) -> LayerPrediction:
     """One layer's prediction (everything of :class:`LayerPrediction` but ``lambda_layer``) from its prepared
     update-field ``samples`` (:class:`BlockSamples`, T1) at the model's current (pre-step) state: the rule's
-    constants, T2's band and η*. :func:`predict_step` builds the samples with :func:`block_samples`;
+    constants, T2's band and η*. :func:`predict_step` builds the field with :func:`unit_field`;
     :class:`topoverify.monitor.TopologyMonitor` from the hooks of the user's own pass (one code path).
     ``cloud``: the layer's neuron cloud if already read and checked finite (else read here); ``rule``: the
     optimizer's (rule, step map) if already read (else read here)."""

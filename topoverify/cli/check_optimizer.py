@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from topoverify.checks.equivariance import Interrupted, equivariance_error
+from topoverify.checks.equivariance.generation import FAMILIES
 from topoverify.cli.loading import load_callable
 from topoverify.errors import TopoverifyError
 
@@ -47,6 +48,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-large", action="store_true",
                    help="no examples with a parameter tensor above 256 entries (blockwise, quantised and chunked "
                         "implementations only show there)")
+    p.add_argument("--architectures", nargs="+", choices=FAMILIES, default=None, metavar="FAMILY",
+                   help=f"architecture families to draw ({', '.join(FAMILIES)}; default: mlp, conv, large; "
+                        f"transformer: pre-LN blocks and nn.TransformerEncoderLayer; bn-cnn: BatchNorm CNNs); "
+                        f"overrides --no-conv/--no-large")
     p.add_argument("--no-shrink", action="store_true", help="report the first failing example unshrunk")
     p.add_argument("--create-graph", action="store_true", help="always backward(create_graph=True)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -96,6 +101,7 @@ def run(args) -> int:
     progress, callback = _progress_bar()
     options = dict(optimizer_kwargs=kwargs, examples=args.examples, steps=args.steps, seed=args.seed,
                    dtype=DTYPE_CHOICES[args.dtype], rtol=args.rtol, conv=not args.no_conv, large=not args.no_large,
+                   architectures=tuple(args.architectures) if args.architectures else None,
                    shrink=not args.no_shrink, create_graph=True if args.create_graph else None,
                    timeout=args.timeout or None, progress=callback)
     try:

@@ -79,10 +79,11 @@ class RunSetup:
         return self.layers[self.idx]
 
     def predict_at(self, model: nn.Module, opt: torch.optim.Optimizer, batch, step: int):
-        """:func:`predict_step` of the tracked layer at the current (pre-step) state."""
-        return predict_step(model, opt, self.scenario.loss_fn, batch, layers=self.layers, hessian=False,
-                            check_layout=False, power_iters=self.power_iters, neighbors=self.neighbors,
-                            seed=self.seed, step=step).layers[self.idx]
+        """:func:`predict_step` of the tracked layer (only: on a transformer, the other layers' fields would cost
+        as much again at every step) at the current (pre-step) state."""
+        return predict_step(model, opt, self.scenario.loss_fn, batch, layers=[self.layers[self.idx]],
+                            hessian=False, check_layout=False, power_iters=self.power_iters,
+                            neighbors=self.neighbors, seed=self.seed, step=step).layers[0]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ The sampling points (neurons and segments to nearest neighbours) are :mod:`topov
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
@@ -37,12 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from topoverify.errors import NonFiniteError, UnsupportedError
+from topoverify.measure.capture_pass import capture_pass
 from topoverify.measure.chunks import row_chunks
 from topoverify.measure.hull_bounds import HullBounds, hull_bounds
 from topoverify.measure.sampling import midpoints_with, nearest_neighbors
 from topoverify.neurons.activations import Activation, get_activation
-from topoverify.neurons.layouts import NeuronLayer, neuron_blocks, require_deterministic
-from topoverify.neurons.lossfn import check_loss
+from topoverify.neurons.layouts import NeuronLayer, neuron_blocks
 
 
 @dataclass
@@ -205,54 +204,29 @@ def block_samples(model: nn.Module, layer: NeuronLayer, loss_fn, batch, *, step:
     """Run ``loss_fn(model, batch)`` with temporary hooks and unroll ``layer`` into samples.
 
     δ is taken with ``torch.autograd.grad`` w.r.t. the consumer's output only, so no parameter ``.grad`` is
-    touched. ``loss_fn`` runs on a copy of the model whose modules, buffers and attributes are its own (so
-    hooks, ``train()``/``eval()`` switches, BatchNorm statistics or other side effects never reach the
-    caller's model) but whose parameter tensors are shared, read-only, to save copying them.
+    touched. ``loss_fn`` runs on a private copy of the model (:func:`topoverify.measure.capture_pass.capture_pass`:
+    side effects never reach the caller's model), or not at all inside a
+    :func:`~topoverify.measure.capture_pass.shared_capture` that recorded the pass already.
     Returns the samples and the loss. Raises :class:`UnsupportedError` for layers whose field is not of
     the T1 form or a model with active dropout, and :class:`NonFiniteError` for a NaN/Inf loss or signal.
     The samples are built from the captured (h, δ) by :func:`samples_from_captures` (the monitor's path too).
     """
     block_activation(layer)
-    require_deterministic(model)
-    m = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
-    mods = dict(m.named_modules())
-    prod, cons = mods[layer.producer], mods[layer.consumer]
     check_between(layer)
-    captured: dict[str, list] = {"h": [], "y": []}
-
-    def keep_input(mod, inp, _out):
-        if mod is prod:  # a hook copied from the caller's model (e.g. a monitor's) must not fire here
-            captured["h"].append(inp[0].detach())
-
-    def keep_output(mod, _inp, out):
-        if mod is cons:
-            captured["y"].append(out)
-
-    handles = [prod.register_forward_hook(keep_input), cons.register_forward_hook(keep_output)]
-    try:
-        with torch.enable_grad():
-            loss = loss_fn(m, batch)
-            check_loss(loss, where=f"layer {layer.name!r}", step=step)
-            ys = captured["y"]
-            grads = torch.autograd.grad(loss, ys[:1], allow_unused=True) if ys and ys[0].requires_grad else (None,)
-    finally:
-        for h in handles:
-            h.remove()
-    if len(captured["h"]) != 1 or len(captured["y"]) != 1:
-        raise UnsupportedError(f"layer {layer.name!r}: producer or consumer module runs "
-                               f"{max(len(captured['h']), len(captured['y']))} times per forward pass "
-                               f"(shared weights); the update field of T1 needs one use of each.")
-    h, y = captured["h"][0], captured["y"][0]
-    delta = grads[0] if grads[0] is not None else torch.zeros_like(y)
-    return samples_from_captures(model, layer, [(h, delta)], step=step), float(loss.detach())
+    record = capture_pass(model, loss_fn, batch, [layer.producer, layer.consumer], where=f"layer {layer.name!r}",
+                          step=step)
+    h = record.call(layer.producer, layer).args[0]
+    delta = record.call(layer.consumer, layer).delta
+    return samples_from_captures(model, layer, [(h, delta)], step=step), record.loss
 
 
 def block_activation(layer: NeuronLayer) -> Activation:
     """The activation σ of a detected block, or :class:`UnsupportedError` when the layer's field is not of the
     T1 form (an explicit layout, or ops between producer and consumer other than one activation and linear ops)."""
     if layer.kind not in ("linear", "conv2d"):
+        what = "an explicit layout" if layer.kind == "explicit" else f"a {layer.kind!r} layer"
         raise UnsupportedError(
-            f"layer {layer.name!r} is an explicit layout; K_field needs a detected Linear/Conv2d block "
+            f"layer {layer.name!r} is {what}; K_field needs a detected Linear/Conv2d block "
             f"(producer -> activation -> consumer) to build the update field of T1.")
     if any(f is None for f in layer.between_fns):
         raise UnsupportedError(
@@ -285,8 +259,8 @@ def samples_from_captures(model: nn.Module, layer: NeuronLayer, captures, *, ste
     for h, delta in captures:
         if not torch.isfinite(delta).all():
             raise NonFiniteError(f"layer {layer.name!r}{_at(step)}: the back-propagated signal is NaN/Inf.")
-        if isinstance(prod, nn.Linear):
-            H = h.reshape(-1, prod.in_features)
+        if isinstance(prod, nn.Linear) or is_conv1d(prod):
+            H = h.reshape(-1, in_features(prod))
             act_shape = (*h.shape[:-1], 1)  # one neuron's activation per sample (what the consumer slice sees)
         else:
             H, act_shape = _unfold_conv_input(prod, h, layer)
@@ -299,6 +273,16 @@ def samples_from_captures(model: nn.Module, layer: NeuronLayer, captures, *, ste
                                f"the update field from.")
     H, D = (Hs[0], Ds[0]) if len(Hs) == 1 else (torch.cat(Hs), torch.cat(Ds))
     return BlockSamples(H, D, activation, prod.bias is not None)
+
+
+def is_conv1d(mod: nn.Module) -> bool:
+    """A Hugging Face ``Conv1D`` (a linear map with weight stored (in, out): y = x W + b)."""
+    return type(mod).__name__ == "Conv1D" and getattr(mod, "weight", None) is not None and mod.weight.dim() == 2
+
+
+def in_features(mod: nn.Module) -> int:
+    """Input width of a Linear (weight (out, in)) or Conv1D (weight (in, out))."""
+    return int(mod.weight.shape[0] if is_conv1d(mod) else mod.in_features)
 
 
 def _unfold_conv_input(prod: nn.Conv2d, h: torch.Tensor, layer: NeuronLayer):
@@ -323,8 +307,11 @@ def _pulled_back_signal(cons: nn.Module, layer: NeuronLayer, delta: torch.Tensor
     full_w = dict(model.named_parameters())[member.name].detach()
     slice_shape = neuron_blocks(full_w, member, layer.size)[0].shape
     between = list(layer.between_fns)
-    if isinstance(cons, nn.Linear) and not between:
-        return delta.reshape(-1, cons.out_features)
+    if (isinstance(cons, nn.Linear) or is_conv1d(cons)) and not between:
+        return delta.reshape(-1, delta.shape[-1])
+    if is_conv1d(cons):
+        raise UnsupportedError(f"layer {layer.name!r}: ops between the producer and a Conv1D consumer "
+                               f"({', '.join(layer.chain)}) other than the activation are not supported by K_field.")
 
     def contribution(act, a_flat):
         x = act
@@ -359,4 +346,4 @@ def _at(step):
     return "" if step is None else f" at step {step}"
 
 
-__all__ = ["BlockSamples", "block_samples", "samples_from_captures", "block_activation"]
+__all__ = ["BlockSamples", "block_samples", "samples_from_captures", "block_activation", "is_conv1d", "in_features"]

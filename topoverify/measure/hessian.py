@@ -13,6 +13,7 @@ Everything here is an *estimate*: a Lanczos Ritz value θ ≤ λ_max (up to roun
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Sequence
@@ -43,6 +44,16 @@ class HessianEstimate(ResultMixin):
                 f"{'' if self.converged else ', not converged'}) over {len(self.params)} parameter tensors")
 
 
+def twice_differentiable():
+    """A context in which scaled dot-product attention uses its math kernel: the fused CPU kernels (flash,
+    memory-efficient) have no second derivative, and a Hessian-vector product needs one (transformer models)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: no kernel choice on CPU, whose default there is the math kernel
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 class HessianOperator:
     """v ↦ Hv for the Hessian of ``loss_fn(model, batch)`` w.r.t. ``params`` (all if None), on flat vectors.
 
@@ -60,8 +71,9 @@ class HessianOperator:
         for n, p in named.items():
             p.requires_grad_(n in self.names)
         self.primal = [named[n] for n in self.names]
-        loss = loss_fn(private, batch)
-        grads = torch.autograd.grad(loss, self.primal, create_graph=True, allow_unused=True)
+        with twice_differentiable():
+            loss = loss_fn(private, batch)
+            grads = torch.autograd.grad(loss, self.primal, create_graph=True, allow_unused=True)
         self._grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.primal)]
         self._diff = [g.requires_grad for g in self._grads]
         self.size = sum(p.numel() for p in self.primal)

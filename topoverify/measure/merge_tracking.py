@@ -22,7 +22,8 @@ from topoverify.formatting import ResultMixin, fmt
 from topoverify.measure.merges import as_state, exact_pairs, merge_labels
 from topoverify.measure.persistence import as_cloud
 
-__all__ = ["MergeTracker", "MergeReport", "merge_events", "DEFAULT_ROUNDOFF_ULPS", "DEFAULT_COLLAPSE_ORDERS"]
+__all__ = ["MergeTracker", "MergeReport", "merge_events", "unit_state",
+           "DEFAULT_ROUNDOFF_ULPS", "DEFAULT_COLLAPSE_ORDERS"]
 
 #: Round-off level of a merged pair, in units of eps(dtype) × the cloud's largest row norm. Twins that T6
 #: keeps equal drift apart by at most ~12 eps relative over 300 float64 steps when BLAS rounds equal rows
@@ -226,3 +227,25 @@ def merge_events(before: Any, after: Any, *, state_before: Any = None, state_aft
     state_after)`` (see :class:`MergeTracker`)."""
     return MergeTracker(before, state_before, dtype=dtype, roundoff_ulps=roundoff_ulps,
                         collapse_orders=collapse_orders).update(after, state_after)
+
+
+def unit_state(model: Any, layer: Any, optimizer: Any = None) -> np.ndarray | None:
+    """Each unit's state beyond θ as an N × m matrix for T6's (θ, s) comparisons: the optimizer's per-parameter
+    tensors read through the layout (:func:`topoverify.experiments.snapshots.optimizer_state_cloud`; fused and
+    offset members included) followed by the layer's buffers (BatchNorm running statistics, which move with the
+    channels and enter the forward pass, so two channels are one only if these agree too). ``None`` when the
+    optimizer's state cannot be read per unit (then T6 can be checked on θ and the buffers only by passing
+    ``optimizer=None``)."""
+    from topoverify.experiments.snapshots import optimizer_state_cloud
+    from topoverify.neurons.layouts import neuron_blocks
+
+    cols: list[np.ndarray] = []
+    if optimizer is not None:
+        st = optimizer_state_cloud(model, optimizer, layer)
+        if st is None:
+            return None
+        cols.append(st)
+    buffers = dict(model.named_buffers())
+    for m in getattr(layer, "buffers", ()):
+        cols.append(neuron_blocks(buffers[m.name].detach(), m, layer.size).to(torch.float64).cpu().numpy())
+    return np.concatenate(cols, axis=1) if cols else np.zeros((layer.size, 0))

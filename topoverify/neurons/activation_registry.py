@@ -83,6 +83,15 @@ ACTIVATION_MODULES: Mapping[type, str] = {e.module: e.name for e in _ENTRIES if 
 ACTIVATION_FUNCTIONS: Mapping[object, str] = {f: e.name for e in _ENTRIES for f in e.traced}
 ACTIVATION_METHODS: Mapping[str, str] = {e.method: e.name for e in _ENTRIES if e.method}
 
+# Activation modules of other libraries, by class NAME (no import of those libraries): Hugging Face
+# transformers' activations. A name here is only a candidate: detection (topoverify.neurons.recognizers)
+# compares the module numerically with the named entry before using the name.
+ACTIVATION_CLASS_NAMES: Mapping[str, str] = {
+    "NewGELUActivation": "gelu_tanh", "GELUTanh": "gelu_tanh", "PytorchGELUTanh": "gelu_tanh",
+    "FastGELUActivation": "gelu_tanh", "GELUActivation": "gelu", "SiLUActivation": "silu",
+    "LinearActivation": "identity", "MishActivation": "mish",
+}
+
 
 def activation_entry(name: str) -> ActivationEntry:
     """The table entry of ``name``; :class:`UnsupportedError` listing the supported names if unknown."""
@@ -100,4 +109,4 @@ def activation_module(name: str) -> nn.Module:
 
 
 __all__ = ["ActivationEntry", "ACTIVATION_TABLE", "SMOOTH", "NONSMOOTH", "ACTIVATION_MODULES",
-           "ACTIVATION_FUNCTIONS", "ACTIVATION_METHODS", "activation_entry", "activation_module"]
+           "ACTIVATION_FUNCTIONS", "ACTIVATION_METHODS", "ACTIVATION_CLASS_NAMES", "activation_entry", "activation_module"]

@@ -3,35 +3,39 @@
 A *neuron layer* of N neurons owns, for every member parameter, N equal blocks along one axis (git-re-basin's
 PermutationSpec, one permutation). Neuron i's parameter vector θ_i is the concatenation of its blocks, in member
 order; the layer's *neuron cloud* is the N×d matrix Θ = [θ_1; …; θ_N] (the Θ of claims T1–T6 in
-``spec/claims.toml``).
+``spec/claims.toml``). A member may hold its N blocks in several segments of its axis (a fused projection such
+as GPT-2's ``c_attn``: query, key and value columns; :class:`ParamAxis` ``offsets``/``span``). Buffers that move
+with the units (BatchNorm running statistics) are the layer's ``buffers``: permuted with it, not in the cloud.
 
-Layers are found automatically (:func:`detect_layers`) for chains ``Linear → elementwise ops → Linear`` and
-``Conv2d → elementwise/channelwise ops → Conv2d`` (or ``→ Flatten → Linear``), traced with ``torch.fx``;
-activations are recognised by :mod:`topoverify.neurons.activation_registry`. Anything else is declared with
-:func:`explicit_layer`.
+Layers are found automatically (:func:`detect_layers`): ``torch.fx`` chains
+(:mod:`topoverify.neurons.recognizers_fx`) and module recognizers for transformer blocks
+(:mod:`topoverify.neurons.recognizers`); which units are permutable and where T1's one-field form holds is
+claim T9. Anything else is declared with :func:`explicit_layer`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from topoverify.errors import LayoutError, UnsupportedError
-from topoverify.formatting import ResultMixin
-from topoverify.neurons.activation_registry import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES
+from topoverify.formatting import ResultMixin, jsonable
 
 # Channelwise ops that keep neurons separate (allowed between producer and consumer).
-PASSTHROUGH_MODULES = (nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity, nn.MaxPool2d, nn.AvgPool2d,
+                       nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 SUPPORTED_TEXT = (
     "Automatic detection supports chains Linear -> [one elementwise activation] -> Linear and "
-    "Conv2d -> [activation, pooling, dropout] -> Conv2d (or -> Flatten -> Linear), with groups=1. "
+    "Conv2d -> [activation, pooling] -> Conv2d (or -> Flatten -> Linear), with groups=1, eval-mode Dropout and "
+    "Identity anywhere in the chain, and BatchNorm1d/2d after the producer (kind 'channel-bn'); and, by module "
+    "attributes, Hugging Face GPT-2 MLPs (c_fc/c_proj) and attention (c_attn/c_proj), nn.MultiheadAttention "
+    "(also inside nn.TransformerEncoderLayer/DecoderLayer, whose linear1/linear2 MLP is found too), gated MLPs "
+    "(gate_proj/up_proj/down_proj) and q_proj/k_proj/v_proj/o_proj attention without grouped KV heads. "
     "For anything else pass an explicit layout, e.g. "
     "topoverify.explicit_layer('hidden', {'fc1.weight': 0, 'fc1.bias': 0, 'fc2.weight': 1})."
 )
@@ -39,20 +43,70 @@ SUPPORTED_TEXT = (
 
 @dataclass(frozen=True)
 class ParamAxis:
-    """One member of a neuron layer: parameter ``name`` splits into N blocks of ``block`` indices on ``axis``."""
+    """One member of a neuron layer: parameter (or buffer) ``name`` holds N blocks of ``block`` indices on
+    ``axis``.
+
+    ``offsets`` None: the whole axis is the N blocks. ``offsets`` given: the axis has ``len(offsets)``
+    segments ``[offsets[s], offsets[s] + span)``, each holding N blocks of ``block`` indices; neuron n owns, in
+    segment order, indices ``offsets[s] + n·block + b`` (b < block). Indices outside every segment do not move.
+    """
 
     name: str
     axis: int
     block: int = 1
+    offsets: tuple[int, ...] | None = None
+    span: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.block, int) or self.block < 1:
+            raise LayoutError(f"parameter {self.name!r}: block must be an int >= 1, got {self.block!r}.")
+        if self.offsets is None:
+            if self.span is not None:
+                raise LayoutError(f"parameter {self.name!r}: span={self.span} needs offsets (the segment starts).")
+            return
+        offs = tuple(int(o) for o in self.offsets)
+        object.__setattr__(self, "offsets", offs)
+        if not offs or any(o < 0 for o in offs):
+            raise LayoutError(f"parameter {self.name!r}: offsets must be a non-empty tuple of indices >= 0, "
+                              f"got {self.offsets!r}.")
+        if not isinstance(self.span, int) or self.span < self.block or self.span % self.block:
+            raise LayoutError(f"parameter {self.name!r}: span must be a positive multiple of block={self.block} "
+                              f"(N = span // block neurons per segment), got {self.span!r}.")
+        starts = sorted(offs)
+        for a, b in zip(starts, starts[1:]):
+            if b < a + self.span:
+                raise LayoutError(f"parameter {self.name!r}: segments at offsets {a} and {b} of span {self.span} "
+                                  f"overlap; every segment must be disjoint.")
+
+    @property
+    def width(self) -> int:
+        """Indices along ``axis`` that one neuron owns (``block`` times the number of segments)."""
+        return self.block * (1 if self.offsets is None else len(self.offsets))
+
+    def __str__(self) -> str:
+        extra = "" if self.block == 1 else f", block {self.block}"
+        if self.offsets is not None:
+            extra += f", segments at {list(self.offsets)} of span {self.span}"
+        return f"{self.name}[axis {self.axis}{extra}]"
+
+
+def _block_dict(block) -> dict | None:
+    if block is None:
+        return None
+    return {"type": type(block).__name__, **jsonable(block)}
 
 
 @dataclass(frozen=True)
 class NeuronLayer(ResultMixin):
     """A permutation-symmetric group of N neurons and the parameter slices that move with each neuron.
 
-    ``kind`` is ``"linear"``, ``"conv2d"`` (detected, with ``producer``/``consumer`` module names and the
-    ``chain`` of elementwise ops between them) or ``"explicit"``. ``activation`` is the single elementwise
-    nonlinearity between producer and consumer (``"identity"`` if none, ``None`` if unknown or several).
+    ``kind``: ``"linear"`` (nn.Linear or Hugging Face Conv1D producer/consumer), ``"conv2d"``, ``"gated"``,
+    ``"attention-heads"``, ``"attention-qk"``, ``"attention-vo"``, ``"channel-bn"``, ``"residual"`` or
+    ``"explicit"``; detected ones have ``producer``/``consumer`` module names and the ``chain`` of ops between.
+    ``activation`` is the single elementwise nonlinearity between producer and consumer (``"identity"`` if
+    none, ``None`` if unknown or several); ``activation_fn`` the traced callable, or ``None`` for a recognised
+    module whose activation is verifiably the table entry ``activation`` (HF ``NewGELUActivation``). ``block``: what the units are inside their block
+    (:mod:`topoverify.neurons.blocks`). ``buffers``: buffers permuted with the units (not in the cloud).
     """
 
     name: str
@@ -66,142 +120,129 @@ class NeuronLayer(ResultMixin):
     activation_fn: object = field(default=None, compare=False, repr=False)
     between_fns: tuple = field(default=(), compare=False, repr=False)
     activation_key: str | None = field(default=None, compare=False, repr=False)
+    block: object = None
+    buffers: tuple[ParamAxis, ...] = ()
 
     def to_dict(self) -> dict:
         d = super().to_dict()
-        d.pop("activation_fn", None)
-        d.pop("between_fns", None)
-        d.pop("activation_key", None)
+        for key in ("activation_fn", "between_fns", "activation_key"):
+            d.pop(key, None)
+        d["block"] = _block_dict(self.block)
         return d
 
     def __str__(self) -> str:
-        parts = ", ".join(f"{m.name}[axis {m.axis}{'' if m.block == 1 else f', block {m.block}'}]"
-                          for m in self.members)
+        parts = ", ".join(str(m) for m in self.members)
         act = f", activation={self.activation}" if self.activation else ""
-        return f"NeuronLayer {self.name!r}: {self.size} neurons ({self.kind}{act}) <- {parts}"
+        bufs = f"; buffers {', '.join(str(b) for b in self.buffers)}" if self.buffers else ""
+        return f"NeuronLayer {self.name!r}: {self.size} neurons ({self.kind}{act}) <- {parts}{bufs}"
 
 
-def explicit_layer(name: str, members: Mapping[str, int | tuple[int, int]], model: nn.Module | None = None
-                   ) -> NeuronLayer:
-    """Declare a neuron layer: ``{parameter name: axis}`` or ``{name: (axis, block)}``.
+def _parse_member(layer: str, pname: str, spec) -> ParamAxis:
+    if isinstance(spec, ParamAxis):
+        return dataclasses.replace(spec, name=pname) if spec.name != pname else spec
+    try:
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"axis", "block", "offsets", "span"}
+            if unknown or "axis" not in spec:
+                raise TypeError
+            offs = spec.get("offsets")
+            return ParamAxis(pname, spec["axis"], spec.get("block", 1),
+                             tuple(offs) if offs is not None else None, spec.get("span"))
+        axis, block = (spec, 1) if isinstance(spec, int) else tuple(spec)
+        if not isinstance(axis, int) or isinstance(axis, bool) or not isinstance(block, int):
+            raise TypeError
+        return ParamAxis(pname, axis, block)
+    except LayoutError:
+        raise
+    except (TypeError, ValueError):
+        raise LayoutError(f"layer {layer!r}: parameter {pname!r} needs an int axis, (axis, block), a ParamAxis "
+                          f"or dict(axis=, block=, offsets=, span=); got {spec!r}.") from None
 
-    With ``model`` given, names, axes and sizes are validated now; otherwise at first use.
+
+def explicit_layer(name: str, members: Mapping[str, object], model: nn.Module | None = None, *,
+                   buffers: Mapping[str, object] | None = None) -> NeuronLayer:
+    """Declare a neuron layer: ``{parameter name: axis | (axis, block) | ParamAxis | dict(axis=, block=,
+    offsets=, span=)}``; ``buffers`` the same for buffers that move with the units (BatchNorm running stats).
+
+    A tied parameter may be named by any of its names (``model.named_parameters(remove_duplicate=False)``,
+    e.g. GPT-2's ``lm_head.weight`` for ``transformer.wte.weight``): it resolves to the canonical name (the
+    one ``named_parameters()`` lists), and is listed once. With ``model`` given, names, axes and sizes are
+    validated now; otherwise at first use.
     """
     if not members:
         raise LayoutError(f"layer {name!r}: the layout names no parameters; give {{'fc1.weight': 0, ...}}.")
-    parsed = []
-    for pname, spec in members.items():
-        axis, block = (spec, 1) if isinstance(spec, int) else tuple(spec)
-        if not isinstance(axis, int) or not isinstance(block, int) or block < 1:
-            raise LayoutError(f"layer {name!r}: parameter {pname!r} needs an int axis (and block >= 1), "
-                              f"got {spec!r}.")
-        parsed.append(ParamAxis(pname, axis, block))
-    size = -1
-    layer = NeuronLayer(name=name, size=size, members=tuple(parsed))
-    if model is not None:
-        return validate_layer(model, layer)
-    return layer
+    parsed = tuple(_parse_member(name, p, s) for p, s in members.items())
+    bufs = tuple(_parse_member(name, b, s) for b, s in (buffers or {}).items())
+    layer = NeuronLayer(name=name, size=-1, members=parsed, buffers=bufs)
+    return validate_layer(model, layer) if model is not None else layer
+
+
+def _aliases(model: nn.Module) -> dict[str, str]:
+    """Every parameter name (tied duplicates included) → its canonical name in ``named_parameters()``."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    return {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
+
+
+def _check_member(layer: NeuronLayer, m: ParamAxis, t: torch.Tensor, what: str) -> tuple[ParamAxis, int]:
+    if not -t.dim() <= m.axis < t.dim():
+        raise LayoutError(f"layer {layer.name!r}: {what} {m.name!r} has shape {tuple(t.shape)}; axis {m.axis} is "
+                          f"out of range.")
+    m = dataclasses.replace(m, axis=m.axis % t.dim())
+    extent = t.shape[m.axis]
+    if m.offsets is None:
+        if extent % m.block:
+            raise LayoutError(f"layer {layer.name!r}: {what} {m.name!r} has {extent} entries on axis {m.axis}, not "
+                              f"a multiple of block={m.block}.")
+        return m, extent // m.block
+    if max(m.offsets) + m.span > extent:
+        raise LayoutError(f"layer {layer.name!r}: {what} {m.name!r} has {extent} entries on axis {m.axis}, but "
+                          f"the segment at offset {max(m.offsets)} of span {m.span} ends at "
+                          f"{max(m.offsets) + m.span}; every segment must lie inside the axis.")
+    return m, m.span // m.block
 
 
 def validate_layer(model: nn.Module, layer: NeuronLayer) -> NeuronLayer:
-    """Check that every member exists and splits into the same number N of neurons; fill in ``size``."""
+    """Check that every member (and buffer) exists and splits into the same number N of neurons; resolve tied
+    parameter aliases to canonical names; fill in ``size``."""
     params = dict(model.named_parameters())
-    sizes = {}
+    aliases = _aliases(model)
+    members, sizes = [], {}
     for m in layer.members:
-        if m.name not in params:
+        name = aliases.get(m.name, m.name)
+        if name not in params:
             close = [n for n in params if n.split(".")[-1] == m.name.split(".")[-1]][:5]
             raise LayoutError(f"layer {layer.name!r}: the model has no parameter {m.name!r}"
                               f"{'; similar names: ' + ', '.join(close) if close else ''}. "
                               f"Names come from model.named_parameters().")
-        p = params[m.name]
-        if not -p.dim() <= m.axis < p.dim():
-            raise LayoutError(f"layer {layer.name!r}: parameter {m.name!r} has shape {tuple(p.shape)}; "
-                              f"axis {m.axis} is out of range.")
-        extent = p.shape[m.axis]
-        if extent % m.block:
-            raise LayoutError(f"layer {layer.name!r}: parameter {m.name!r} has {extent} entries on axis "
-                              f"{m.axis}, not a multiple of block={m.block}.")
-        sizes[m.name] = extent // m.block
+        m, n = _check_member(layer, dataclasses.replace(m, name=name), params[name], "parameter")
+        if m in members:
+            continue  # a tied parameter named twice
+        if any(o.name == name for o in members):
+            raise LayoutError(f"layer {layer.name!r}: parameter {name!r} is listed twice with different axes "
+                              f"(tied weights are one parameter; {m.name!r} is {name!r}).")
+        members.append(m)
+        sizes[str(m)] = n
+    bufs = dict(model.named_buffers())
+    buffers = []
+    for b in layer.buffers:
+        if b.name not in bufs or bufs[b.name] is None:
+            raise LayoutError(f"layer {layer.name!r}: the model has no buffer {b.name!r}. Names come from "
+                              f"model.named_buffers().")
+        b, n = _check_member(layer, b, bufs[b.name], "buffer")
+        buffers.append(b)
+        sizes[str(b)] = n
     if len(set(sizes.values())) != 1:
         raise LayoutError(f"layer {layer.name!r}: members disagree on the number of neurons: {sizes}. "
                           f"Every member must split into the same N blocks along its axis.")
     n = next(iter(sizes.values()))
     if layer.size not in (-1, n):
         raise LayoutError(f"layer {layer.name!r}: declared size {layer.size} but parameters give {n}.")
-    axes = tuple(ParamAxis(m.name, m.axis % params[m.name].dim(), m.block) for m in layer.members)
-    return dataclasses.replace(layer, size=n, members=axes)
+    return dataclasses.replace(layer, size=n, members=tuple(members), buffers=tuple(buffers))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Automatic detection (torch.fx)
+# Dropout and automatic detection
 # ----------------------------------------------------------------------------------------------------------
-
-def _node_kind(node, modules):
-    """Classify an fx node: ('producer'|'activation'|'passthrough'|'flatten'|'other', name)."""
-    if node.op == "call_module":
-        mod = modules[node.target]
-        if isinstance(mod, (nn.Linear, nn.Conv2d)):
-            return "layer", mod
-        if type(mod) in ACTIVATION_MODULES:
-            return "activation", ACTIVATION_MODULES[type(mod)]
-        if isinstance(mod, PASSTHROUGH_MODULES):
-            return "passthrough", type(mod).__name__
-        if isinstance(mod, nn.Flatten):
-            return ("flatten", "flatten") if mod.start_dim == 1 and mod.end_dim == -1 else ("other", None)
-    elif node.op == "call_function":
-        if node.target in ACTIVATION_FUNCTIONS:
-            return "activation", ACTIVATION_FUNCTIONS[node.target]
-        if node.target in (F.dropout, F.max_pool2d, F.avg_pool2d):
-            return "passthrough", node.target.__name__
-        if node.target is torch.flatten and (node.args[1:2] == (1,) or node.kwargs.get("start_dim") == 1):
-            return "flatten", "flatten"
-    elif node.op == "call_method":
-        if node.target in ACTIVATION_METHODS:
-            return "activation", ACTIVATION_METHODS[node.target]
-        if node.target == "flatten" and (node.args[1:2] == (1,) or node.kwargs.get("start_dim") == 1):
-            return "flatten", "flatten"
-        if node.target == "view" and len(node.args) == 3 and node.args[2] == -1:
-            return "flatten", "flatten"
-    return "other", None
-
-
-def _as_callable(node, modules):
-    """The op of a traced node as a one-argument callable (constant extra arguments bound)."""
-    if node.op == "call_module":
-        return modules[node.target]
-    extra_args, kwargs = node.args[1:], dict(node.kwargs)
-    if any(isinstance(a, torch.fx.Node) for a in (*extra_args, *kwargs.values())):
-        return None
-    if node.op == "call_function":
-        return lambda x: node.target(x, *extra_args, **kwargs)
-    return lambda x: getattr(x, node.target)(*extra_args, **kwargs)
-
-
-def _activation_key(node, modules) -> str:
-    """A string that identifies an activation with its arguments (e.g. ``softplus(beta=100.0)``), so that
-    one configuration shares one cached :class:`~topoverify.neurons.activations.Activation`."""
-    if node.op == "call_module":
-        return repr(modules[node.target])
-    extra = [repr(a) for a in node.args[1:]] + [f"{k}={v!r}" for k, v in node.kwargs.items()]
-    return f"{getattr(node.target, '__name__', node.target)}({', '.join(extra)})"
-
-
-def _trace(model: nn.Module):
-    """Symbolically trace a deep copy of ``model``: tracing runs ``forward``, and a forward with side effects
-    (a call counter, a cache) must never touch the caller's module."""
-    try:
-        private = copy.deepcopy(model)
-    except Exception as exc:  # deepcopy raises whatever the module's attributes raise
-        raise LayoutError(
-            f"could not copy {type(model).__name__} to trace it ({type(exc).__name__}: {exc}); topoverify "
-            f"never runs your own module. Make the model deep-copyable, or pass an explicit layout.") from None
-    try:
-        return torch.fx.symbolic_trace(private)
-    except Exception as exc:  # fx raises many types for untraceable control flow
-        raise LayoutError(
-            f"could not trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
-            + SUPPORTED_TEXT) from None
-
 
 def active_dropout(model: nn.Module) -> list[tuple[str, float]]:
     """(name, p) of every dropout module of ``model`` that is in training mode with p > 0."""
@@ -222,82 +263,41 @@ def require_deterministic(model: nn.Module) -> None:
             f"changes your model's mode), or set p=0.")
 
 
-def detect_layers(model: nn.Module) -> list[NeuronLayer]:
-    """Find the neuron layers of ``model`` (see module docstring); raise :class:`LayoutError` if none.
+def detect_layers(model: nn.Module, *, finer: bool = False, residual: bool = False) -> list[NeuronLayer]:
+    """Find the neuron layers of ``model``; raise :class:`LayoutError` listing what was and was not recognised
+    if none.
 
-    A producer ``Linear``/``Conv2d`` whose output flows, through elementwise ops only and with no other
-    consumer, into exactly one ``Linear``/``Conv2d`` defines a layer: producer rows (and bias) plus consumer
-    columns (input channels; ``block`` = spatial size after a ``Flatten``).
+    ``torch.fx`` chains (:func:`topoverify.neurons.recognizers_fx.fx_layers`: producer Linear/Conv2d →
+    elementwise/eval-dropout/BatchNorm ops → one consumer) and module recognizers
+    (:func:`topoverify.neurons.recognizers.module_layers`: transformer MLPs, gated MLPs, attention heads), in
+    module order, deduplicated by name. ``finer``: also each head's query/key dims and value/output dims
+    (kinds ``attention-qk``/``attention-vo``); ``residual``: the residual stream where recognised (T9).
     """
-    gm = _trace(model)
-    modules = dict(gm.named_modules())
-    uses: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            uses[node.target] = uses.get(node.target, 0) + 1
-    reused = sorted(t for t, c in uses.items() if c > 1 and isinstance(modules[t], (nn.Linear, nn.Conv2d)))
-    layers: list[NeuronLayer] = []
-    for node in gm.graph.nodes:
-        kind, prod = _node_kind(node, modules)
-        if kind != "layer" or (isinstance(prod, nn.Conv2d) and prod.groups != 1) or node.target in reused:
-            continue
-        chain, acts, flattened, cur, between = [], [], False, node, []
-        consumer_node = None
-        while len(cur.users) == 1:
-            nxt = next(iter(cur.users))
-            if not nxt.args or nxt.args[0] is not cur:
-                break
-            k, info = _node_kind(nxt, modules)
-            if k == "layer":
-                consumer_node = nxt
-                break
-            if k == "activation":
-                acts.append((info, _as_callable(nxt, modules), _activation_key(nxt, modules)))
-            elif not (k == "passthrough" and isinstance(prod, nn.Conv2d)) and not (
-                    k == "flatten" and isinstance(prod, nn.Conv2d) and not flattened):
-                if not (k == "passthrough" and "ropout" in str(info)):
-                    break
-            flattened = flattened or k == "flatten"
-            chain.append(str(info))
-            if k != "activation":
-                between.append(_as_callable(nxt, modules))
-            cur = nxt
-        if consumer_node is None or consumer_node.target in reused:
-            continue
-        cons = modules[consumer_node.target]
-        pname, cname = node.target, consumer_node.target
-        if isinstance(prod, nn.Linear):
-            if not isinstance(cons, nn.Linear):
-                continue
-            n, block, kind_name = prod.out_features, 1, "linear"
-        else:
-            n, kind_name = prod.out_channels, "conv2d"
-            if isinstance(cons, nn.Conv2d):
-                if flattened or cons.groups != 1:
-                    continue
-                block = 1
-            else:  # Conv2d -> ... -> Flatten -> Linear
-                if not flattened or cons.in_features % n:
-                    continue
-                block = cons.in_features // n
-        members = [ParamAxis(f"{pname}.weight", 0)]
-        if prod.bias is not None:
-            members.append(ParamAxis(f"{pname}.bias", 0))
-        members.append(ParamAxis(f"{cname}.weight", 1, block))
-        activation, act_fn, act_key = (acts[0] if len(acts) == 1 else
-                                       (("identity", "identity", "identity") if not acts else (None, None, None)))
-        layers.append(NeuronLayer(name=pname, size=n, members=tuple(members), kind=kind_name, producer=pname,
-                                  consumer=cname, activation=activation, chain=tuple(chain), activation_fn=act_fn,
-                                  activation_key=act_key,
-                                  between_fns=tuple(between) if not acts or (len(acts) == 1 and chain[0] == activation)
-                                  else (None,)))
+    from topoverify.neurons.recognizers import module_layers
+    from topoverify.neurons.recognizers_fx import fx_layers
+
+    notes: list[str] = []
+    found = module_layers(model, finer=finer, residual=residual, notes=notes)
+    try:
+        traced = fx_layers(model, notes=notes)
+    except LayoutError as exc:
+        if not found:
+            raise LayoutError(f"{exc} {_recognised_text(notes)}".strip()) from None
+        traced = []
+    names = {layer.name for layer in found}
+    covered = {layer.producer for layer in found if layer.producer}
+    layers = found + [layer for layer in traced if layer.name not in names and layer.producer not in covered]
     if not layers:
-        found = sorted({type(m).__name__ for m in model.modules() if m is not model})
-        shared = (f" Modules called more than once (shared weights) are not neuron layers: {', '.join(reused)}."
-                  if reused else "")
+        mods = sorted({type(m).__name__ for m in model.modules() if m is not model})
         raise LayoutError(f"no neuron layer detected in {type(model).__name__} (modules: "
-                          f"{', '.join(found) or 'none'}).{shared} " + SUPPORTED_TEXT)
+                          f"{', '.join(mods) or 'none'}). {_recognised_text(notes)}" + SUPPORTED_TEXT)
+    order = {name: k for k, (name, _) in enumerate(model.named_modules())}
+    layers.sort(key=lambda ly: order.get(ly.producer or getattr(ly.block, "module", None) or ly.name, len(order)))
     return [validate_layer(model, layer) for layer in layers]
+
+
+def _recognised_text(notes: list[str]) -> str:
+    return ("Not recognised: " + "; ".join(dict.fromkeys(notes)) + ". ") if notes else ""
 
 
 def resolve_layers(model: nn.Module, layers=None, *, deterministic: bool = True) -> list[NeuronLayer]:
@@ -317,13 +317,35 @@ def resolve_layers(model: nn.Module, layers=None, *, deterministic: bool = True)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Neuron clouds
+# Neuron indices and clouds
 # ----------------------------------------------------------------------------------------------------------
+
+def neuron_index(member: ParamAxis, n: int) -> torch.Tensor:
+    """Every neuron's indices along ``member.axis``: an ``n × width`` LongTensor (segment order, then block)."""
+    within = torch.arange(n)[:, None] * member.block + torch.arange(member.block)[None, :]
+    if member.offsets is None:
+        return within
+    return torch.cat([within + o for o in member.offsets], dim=1)
+
 
 def neuron_blocks(tensor: torch.Tensor, member: ParamAxis, n: int) -> torch.Tensor:
     """The ``n`` neuron blocks of ``tensor`` as an ``n × (rest)`` matrix (block indices moved to the front)."""
-    moved = tensor.movedim(member.axis, 0)
-    return moved.reshape(n, member.block, *moved.shape[1:]).reshape(n, -1)
+    if member.offsets is None:
+        moved = tensor.movedim(member.axis, 0)
+        return moved.reshape(n, member.block, *moved.shape[1:]).reshape(n, -1)
+    idx = neuron_index(member, n).reshape(-1).to(tensor.device)
+    return tensor.index_select(member.axis, idx).movedim(member.axis, 0).reshape(n, -1)
+
+
+def set_neuron_blocks(tensor: torch.Tensor, member: ParamAxis, n: int, rows, values: torch.Tensor
+                      ) -> torch.Tensor:
+    """A new tensor: ``tensor`` with neurons ``rows`` replaced by ``values`` (``len(rows) × width·rest``, as
+    :func:`neuron_blocks` returns them); the inverse of :func:`neuron_blocks`."""
+    rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+    idx = neuron_index(member, n)[rows].reshape(-1).to(tensor.device)
+    moved = tensor.movedim(member.axis, 0).clone()
+    moved[idx] = values.to(dtype=tensor.dtype, device=tensor.device).reshape(idx.numel(), *moved.shape[1:])
+    return moved.movedim(0, member.axis).contiguous()
 
 
 def neuron_cloud(model: nn.Module, layer: NeuronLayer, source: Mapping[str, torch.Tensor] | None = None
@@ -341,10 +363,11 @@ def neuron_cloud(model: nn.Module, layer: NeuronLayer, source: Mapping[str, torc
 def member_widths(model: nn.Module, layer: NeuronLayer) -> list[int]:
     """Number of cloud coordinates contributed by each member, in order."""
     params = dict(model.named_parameters())
-    return [params[m.name].numel() // layer.size for m in layer.members]
+    return [m.width * (params[m.name].numel() // params[m.name].shape[m.axis]) for m in layer.members]
 
 
 __all__ = [
     "ParamAxis", "NeuronLayer", "explicit_layer", "validate_layer", "detect_layers", "resolve_layers",
-    "neuron_cloud", "neuron_blocks", "member_widths", "active_dropout", "require_deterministic", "SUPPORTED_TEXT",
+    "neuron_cloud", "neuron_blocks", "neuron_index", "set_neuron_blocks", "member_widths", "active_dropout",
+    "require_deterministic", "SUPPORTED_TEXT", "PASSTHROUGH_MODULES",
 ]

@@ -9,6 +9,7 @@ functions return permuted deep copies.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from topoverify.errors import LayoutError
 from topoverify.neurons.copying import clone
-from topoverify.neurons.layouts import NeuronLayer, ParamAxis, validate_layer
+from topoverify.neurons.layouts import NeuronLayer, ParamAxis, neuron_index, validate_layer
 
 
 def as_permutation(perm, n: int) -> torch.Tensor:
@@ -48,15 +49,25 @@ def block_index(perm: torch.Tensor, block: int) -> torch.Tensor:
     return (perm[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
 
 
+def axis_index(member: ParamAxis, perm: torch.Tensor, extent: int) -> torch.Tensor:
+    """Index along an axis of ``extent`` entries that moves neuron ``perm[k]``'s indices to neuron ``k``'s
+    (every segment of ``member``; indices outside the segments stay)."""
+    if member.offsets is None:
+        return block_index(perm, member.block)
+    ni = neuron_index(member, perm.numel())
+    idx = torch.arange(extent)
+    idx[ni.reshape(-1)] = ni[perm].reshape(-1)
+    return idx
+
+
 def permute_tensor(t: torch.Tensor, member: ParamAxis, perm: torch.Tensor) -> torch.Tensor:
     """``t`` with its neuron blocks along ``member.axis`` reordered by ``perm`` (a new tensor)."""
-    return t.index_select(member.axis, block_index(perm, member.block).to(t.device))
+    return t.index_select(member.axis, axis_index(member, perm, t.shape[member.axis]).to(t.device))
 
 
-def _permute_axes(t: torch.Tensor, axes: Sequence[int], block: int, perm: torch.Tensor) -> torch.Tensor:
-    idx = block_index(perm, block).to(t.device)
+def _permute_axes(t: torch.Tensor, axes: Sequence[int], member: ParamAxis, perm: torch.Tensor) -> torch.Tensor:
     for axis in axes:
-        t = t.index_select(axis, idx)
+        t = t.index_select(axis, axis_index(member, perm, t.shape[axis]).to(t.device))
     return t
 
 
@@ -121,8 +132,7 @@ def state_readings(value: torch.Tensor, param: torch.Tensor, member: ParamAxis |
     elif value.numel() == param.numel() and [s for s in vshape if s != 1] == [s for s in pshape if s != 1]:
         k = sum(1 for s in pshape[:axis] if s != 1)  # the permuted axis among the non-singleton axes
         vaxis = [i for i, s in enumerate(vshape) if s != 1][k]
-        out.append(("the parameter with singleton axes", permute_tensor(value, ParamAxis(member.name, vaxis,
-                                                                                        member.block), perm)))
+        out.append(("the parameter with singleton axes", permute_tensor(value, dataclasses.replace(member, axis=vaxis), perm)))
     if value.dim() == param.dim() and vshape != pshape and all(v in (p, 1) for v, p in zip(vshape, pshape)):
         out.append(("keepdim reduction", permute_tensor(value, member, perm) if vshape[axis] == n else value))
     if value.dim() == param.dim() - 1:
@@ -133,7 +143,7 @@ def state_readings(value: torch.Tensor, param: torch.Tensor, member: ParamAxis |
                 else:
                     vaxis = axis - (1 if dropped < axis else 0)
                     out.append((f"reduction over axis {dropped}",
-                                permute_tensor(value, ParamAxis(member.name, vaxis, member.block), perm)))
+                                permute_tensor(value, dataclasses.replace(member, axis=vaxis), perm)))
     square = value.dim() == 2 and vshape[0] == vshape[1] and vshape[0] in pshape
     if square and _orthonormal(value) and _diagonal(value):
         out.append(("a multiple of the identity", value))
@@ -141,7 +151,7 @@ def state_readings(value: torch.Tensor, param: torch.Tensor, member: ParamAxis |
         for a, size in enumerate(pshape):
             if size == vshape[0]:
                 out.append((f"symmetric matrix over axis {a}",
-                            _permute_axes(value, (0, 1), member.block, perm) if a == axis else value))
+                            _permute_axes(value, (0, 1), member, perm) if a == axis else value))
     if flat_idx is not None and value.dim() == 1 and value.numel() == flat_idx.numel():
         out.append(("flat over the param group", value.index_select(0, flat_idx.to(value.device))))
     distinct: list[tuple[str, torch.Tensor]] = []
@@ -203,6 +213,9 @@ def _apply_in_place(model: nn.Module, optimizer: torch.optim.Optimizer | None, l
             params[name].copy_(permute_tensor(params[name], m, perm))
             if params[name].grad is not None:
                 params[name].grad.copy_(permute_tensor(params[name].grad, m, perm))
+        buffers = dict(model.named_buffers())
+        for b in layer.buffers:
+            buffers[b.name].copy_(permute_tensor(buffers[b.name], b, perm))
     if optimizer is None:
         return
     name_of = {id(p): n for n, p in named}
@@ -219,7 +232,8 @@ def _apply_in_place(model: nn.Module, optimizer: torch.optim.Optimizer | None, l
 
 
 def permute(model: nn.Module, layer: NeuronLayer, perm, optimizer: torch.optim.Optimizer | None = None):
-    """Return permuted deep copies: ``model`` (and ``optimizer`` bound to the copy, its state permuted).
+    """Return permuted deep copies: ``model`` (and ``optimizer`` bound to the copy, its state permuted); the
+    layer's ``buffers`` (BatchNorm running statistics) are permuted with it.
 
     Per-parameter state tensors shaped like their parameter (momentum, Adam's m and v, …) follow their
     parameter; keepdim reductions follow along the kept axis; 1-D vectors over all parameters of a group
@@ -238,4 +252,4 @@ def permute(model: nn.Module, layer: NeuronLayer, perm, optimizer: torch.optim.O
 
 
 __all__ = ["permute_state_value", "state_readings", "as_permutation", "inverse_permutation", "transposition",
-           "permute", "permute_tensor", "flat_permutation", "block_index"]
+           "permute", "permute_tensor", "flat_permutation", "block_index", "axis_index"]

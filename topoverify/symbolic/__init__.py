@@ -15,10 +15,12 @@ The names listed under ``sympy =`` in ``spec/claims.toml`` are attributes of thi
 * T8 ``solve_gd_quadratic_stability`` (``EDGE_OF_STABILITY`` = 2/lambda, ``collective_mode_example``), and the
   thresholds of momentum and Adam from the Jury conditions (``rate_stability_interval``, ``MOMENTUM_EDGE``,
   ``ADAM_EDGE``)
+* T9 ``unit_symmetry_residuals`` (:mod:`.architectures`: LayerNorm, attention heads, Q/K and V/O dims, rotary
+  embeddings, BatchNorm channels, tied weights; residuals 0 where T9 holds and nonzero where it fails)
 
 Modules: :mod:`.bounds` (T2–T5 and their numeric forms), :mod:`.summary` (all of them for one (K, lr, steps)),
 :mod:`.equivariance` (T1, T6), :mod:`.optimizer_steps` (T7(a), (b)), :mod:`.adaptive` (T7(c)),
-:mod:`.stability` (T8).
+:mod:`.stability` (T8), :mod:`.architectures` (T9).
 """
 
 from topoverify.symbolic.bounds import (
@@ -99,6 +101,7 @@ from topoverify.symbolic.adaptive import (
     adam_apriori_ratio_bound,
     family_coefficients,
 )
+from topoverify.symbolic.architectures import ArchitectureResiduals, unit_symmetry_residuals
 from topoverify.symbolic.equivariance import (
     SymbolicRule,
     absorbing_symmetry_residuals,
@@ -110,6 +113,7 @@ from topoverify.symbolic.equivariance import (
 )
 
 __all__ = [
+    "ArchitectureResiduals", "unit_symmetry_residuals",
     "ADAM_EDGE", "BETA1", "H_RATE", "MOMENTUM_EDGE", "StabilityRegion", "adam_edge_numeric", "adam_ema_transition",
     "momentum_edge_numeric", "momentum_transition", "rate_stability_interval",
     "SQRT_MAP", "MAX_MAP", "CENTERED_MAP", "LINEAR_MAP", "SQRT_GRAD_BOUND", "SQRT_SUP_BOUND", "family_coefficients",

@@ -13,7 +13,9 @@ Modules, from the measurement down: :mod:`.checker` (``equivariance_error``, ``a
 in-distribution test of randomised rules), :mod:`.roundoff` (the rule's own round-off amplification),
 :mod:`.comparator` (tolerances and the comparison), :mod:`.snapshots` (runs' parameters and state, permuted),
 :mod:`.state` (how optimizer state moves with the neurons), :mod:`.setup` (how to drive a rule),
-:mod:`.training` (driving it on one small network), :mod:`.limits` (time limits, Ctrl-C).
+:mod:`.training` (driving it on one small network), :mod:`.limits` (time limits, Ctrl-C), :mod:`.generation`
+(the Hypothesis search space), :mod:`.block_nets` (transformer blocks and BatchNorm conv nets with their declared
+unit layouts).
 """
 
 from topoverify.checks.equivariance.checker import assert_equivariant, equivariance_error

@@ -24,17 +24,24 @@ def equivariance_error(make_optimizer: Callable[..., torch.optim.Optimizer], *,
                        rtol: float | None = None, conv: bool = True, max_depth: int = 3, max_width: int = 16,
                        large: bool = True, shrink: bool = True, shrink_time: float = 20.0,
                        create_graph: bool | None = None, timeout: float | None = DEFAULT_TIMEOUT,
-                       progress: ProgressFn | None = None) -> EquivarianceReport:
+                       progress: ProgressFn | None = None,
+                       architectures: Sequence[str] | None = None) -> EquivarianceReport:
     """Check whether the learning rule built by ``make_optimizer(params, **optimizer_kwargs)`` is
     permutation-equivariant over neurons (E1 of T6); return an :class:`EquivarianceReport`.
 
     Hypothesis generates ``examples`` examples (architectures: MLPs of depth 1..``max_depth``, width
     2..``max_width``, tanh/relu/gelu/sigmoid, with/without bias; with ``conv`` small conv nets; with ``large``
-    one-hidden-layer MLPs whose first weight has more than 256 entries; random data, param-group splits,
-    duplicated neurons, a random permutation; parameters in each of ``dtype`` - default float64 and, about one
-    example in four, float32). Where the generated examples miss large tensors or a dtype, up to ``TOPUP``
-    examples of it are added. On each example the rule runs ``steps`` steps on the model and on permuted copies
-    (identity, every adjacent transposition, the full cycle and the random permutation), with the same data
+    one-hidden-layer MLPs whose first weight has more than 256 entries; ``architectures`` names the families
+    instead, overriding ``conv`` and ``large``: any of ``"mlp"``, ``"conv"``, ``"large"``, ``"transformer"``
+    (pre-LN ``nn.MultiheadAttention`` blocks with an MLP or gated MLP, and ``nn.TransformerEncoderLayer``:
+    heads of the fused ``in_proj`` and MLP units permuted), ``"bn-cnn"`` (BatchNorm conv nets in train or
+    eval mode and a residual block: channels permuted with their running statistics, which are compared
+    too); each requested transformer/bn-cnn family needs a compared example for ``equivariant``; random data,
+    param-group splits, duplicated neurons, a random permutation; parameters in each of ``dtype`` - default
+    float64 and, about one example in four, float32). Where the generated examples miss large tensors, a
+    requested transformer/bn-cnn family or a dtype, up to ``TOPUP`` examples of it are added. On each example
+    the rule runs ``steps`` steps on the model and on permuted copies (identity, every adjacent transposition,
+    the full cycle and the random permutation), with the same data
     and torch seed, and after each step the permuted run's parameters must equal the permuted original's
     within ``rtol`` of their movement (default by dtype: 1e-10 for float64, 1e-4 for float32, wider when the
     rule computes in a lower precision), and so must its optimizer state where the permutation's action on it
@@ -53,7 +60,8 @@ def equivariance_error(make_optimizer: Callable[..., torch.optim.Optimizer], *,
     options = SearchOptions(
         optimizer_kwargs=dict(optimizer_kwargs or {}), examples=examples, steps=steps, seed=seed,
         dtypes=dtype_names(dtype), rtol=rtol, conv=conv, max_depth=max_depth, max_width=max_width, large=large,
-        shrink=shrink, shrink_time=shrink_time, create_graph=create_graph, timeout=timeout, progress=progress)
+        shrink=shrink, shrink_time=shrink_time, create_graph=create_graph, timeout=timeout, progress=progress,
+        architectures=None if architectures is None else tuple(architectures))
     return run_search(make_optimizer, options)
 
 

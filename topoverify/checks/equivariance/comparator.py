@@ -88,6 +88,9 @@ class Comparator:
     def __init__(self, layer: NeuronLayer, perm: torch.Tensor, rtol: float, floors=None, record: bool = False):
         self.layer, self.perm, self.rtol = layer, perm, rtol
         self.members = {m.name: m for m in layer.members}
+        self.buffer_members = {m.name: m for m in getattr(layer, "buffers", ())}
+        # key -> magnitude of the quantity itself where the compared tensors are its movements (floor probe)
+        self.magnitudes: dict[str, float] = {}
         self.max_rel = 0.0
         self.floors = floors or {}
         self.record = record
@@ -109,6 +112,13 @@ class Comparator:
             e = expected.params[name]
             scale = float((e - expected_initial[name]).abs().max()) if e.numel() else 0.0
             self._check(out, step, f"param {name}", "param", a, e, scale, self.members.get(name), e.shape)
+        for name, a in actual.buffers.items():  # running statistics: part of the model's state (kind "param")
+            e = expected.buffers.get(name)
+            if e is None:
+                continue
+            start = expected_initial.get(f"buffer {name}")
+            scale = float((e - start).abs().max()) if start is not None and e.numel() else 0.0
+            self._check(out, step, f"buffer {name}", "param", a, e, scale, self.buffer_members.get(name), e.shape)
         # parameters for which the rule keeps a basis of its own: their other state may live in that basis
         basis = {pname: state_name(f"state {key}") for key, (pname, v) in expected.state.items()
                  if pname is not None and has_basis(v)}
@@ -224,9 +234,15 @@ class Comparator:
         rel, allowed_rel, obs_abs, allowed_abs = compare_tensor(a, e, scale, self.rtol, floor)
         ratio = obs_abs / allowed_abs if allowed_abs > 0 else (0.0 if obs_abs == 0 else math.inf)
         family = key.split("[")[0]
-        self.rels[(step, family)] = max(self.rels.get((step, family), 0.0), rel)
-        if out is not self.soft and not self._soft and rel > self.worst.get(step, (-1.0,))[0]:
-            self.worst[step] = (rel, key, obs_abs, ratio)
+        # a deviation within ULPS ulps of the tensor's own magnitude is rounding level, not a separation of
+        # two runs, even where the tensor barely moves (a conv bias before a train-mode BatchNorm: its exact
+        # gradient is 0, so its movement is pure round-off and its relative deviation is ~1)
+        mag = max(float(e.detach().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).max()) if e.numel() else 0.0,
+                  self.magnitudes.get(key, 0.0))
+        sep = rel if obs_abs > ULPS * max(eps(e), eps(a)) * mag else 0.0
+        self.rels[(step, family)] = max(self.rels.get((step, family), 0.0), sep)
+        if out is not self.soft and not self._soft and sep > self.worst.get(step, (-1.0,))[0]:
+            self.worst[step] = (sep, key, obs_abs, ratio)
         if self.record:
             self.recorded[(step, key)] = obs_abs
             return

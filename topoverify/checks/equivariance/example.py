@@ -17,7 +17,7 @@ import torch
 from topoverify.checks.equivariance.comparator import Comparator, has_moved, worst_mismatch
 from topoverify.checks.equivariance.report import Mismatch
 from topoverify.checks.equivariance.roundoff import COMPARABLE, Floors, Sensitivity, floor_probe, rounding_sensitivity
-from topoverify.checks.equivariance.snapshots import Snapshot, live, original_run, permute_snapshot
+from topoverify.checks.equivariance.snapshots import Snapshot, float_buffers, live, original_run, permute_snapshot
 from topoverify.checks.equivariance.training import OptimizerFailure, OptimizerSetup, RunContext, finite, trajectory
 from topoverify.experiments.small_nets import TrainingExample
 from topoverify.formatting import ResultMixin
@@ -95,6 +95,7 @@ def permuted_run(ctx: RunContext, snaps: list[Snapshot], perm_t: torch.Tensor, f
     run = _PermutedRun(Comparator(layer, perm_t, ctx.setup.rtol, floors))
     model_b = permute(ctx.initial, layer, perm_t)
     exp_init = {n: p.detach().clone() for n, p in model_b.named_parameters()}
+    exp_init.update({f"buffer {n}": b.clone() for n, b in float_buffers(model_b).items()})
 
     def check(t, opt_b):
         if t > len(snaps):

@@ -15,6 +15,12 @@ permutation, one parameter group and no duplicated neurons.
   :data:`~topoverify.experiments.small_nets.LARGE_TENSOR` entries (blockwise, quantised and chunked
   implementations only show above their block size);
 - :func:`dtypes` - parameter dtype names, some rarer than others;
+- :func:`transformer_specs` - a pre-LN block (``nn.MultiheadAttention``, 1-3 heads of dim 1-4, MLP or gated
+  MLP) or ``nn.TransformerEncoderLayer`` (:class:`~topoverify.checks.equivariance.block_nets.BlockSpec`);
+- :func:`bn_cnn_specs` - ``Conv2d -> BatchNorm2d -> act -> [pool] -> ... -> Flatten -> Linear`` or a residual
+  block, BatchNorm in train or eval mode;
+- :func:`families` - the architectures of the named families (``"mlp"``, ``"conv"``, ``"large"``,
+  ``"transformer"``, ``"bn-cnn"``);
 - :func:`training_examples` - a complete :class:`TrainingExample` (architecture, layer, permutation, data
   seeds, batch size, parameter-group split, optional duplicated neuron pair, parameter dtype).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from topoverify.checks.equivariance.block_nets import BlockSpec
 from topoverify.errors import TopoverifyError
 from topoverify.experiments.small_nets import ACTIVATIONS, GROUP_MODES, LARGE_TENSOR, ArchSpec, TrainingExample
 
@@ -91,6 +98,72 @@ def architectures(conv: bool = True, max_depth: int = 3, max_width: int = 16, la
     return options[0] if len(options) == 1 else st.one_of(*options)
 
 
+FAMILIES = ("mlp", "conv", "large", "transformer", "bn-cnn")
+BLOCK_ACTIVATIONS = ("gelu", "silu", "relu")
+
+
+def transformer_specs(max_heads: int = 3, max_head_dim: int = 4, max_ffn: int = 6, max_seq: int = 4
+                      ) -> st.SearchStrategy[BlockSpec]:
+    """Pre-LN blocks (``kind="transformer"``: LayerNorm -> ``nn.MultiheadAttention`` -> residual -> LayerNorm ->
+    MLP ``Linear -> act -> [Dropout, eval] -> Linear`` or gated MLP) and ``nn.TransformerEncoderLayer``
+    (``kind="encoder"``, ``norm_first`` drawn); ``batch_first``, bias, causal mask drawn. Shrinks towards a
+    pre-LN block of one head of dim 1, 2 MLP units, sequence 2, no mask."""
+    @st.composite
+    def build(draw) -> BlockSpec:
+        kind = draw(st.sampled_from(("transformer", "encoder")))
+        gated = kind == "transformer" and draw(st.booleans())
+        return BlockSpec(
+            kind=kind, heads=draw(st.integers(1, max_heads)), head_dim=draw(st.integers(1, max_head_dim)),
+            ffn=draw(st.integers(2, max_ffn)),
+            activation=draw(st.sampled_from(BLOCK_ACTIVATIONS if kind == "transformer" else ("gelu", "relu"))),
+            bias=not draw(st.booleans()), batch_first=not draw(st.booleans()), causal=draw(st.booleans()),
+            gated=gated, dropout=not gated and draw(st.booleans()),
+            norm_first=not draw(st.booleans()) if kind == "encoder" else True,
+            seq=draw(st.integers(2, max_seq)), out_features=draw(st.integers(1, 2)))
+
+    return build()
+
+
+def bn_cnn_specs(max_channels: int = 4) -> st.SearchStrategy[BlockSpec]:
+    """BatchNorm conv nets (``kind="bn-cnn"``): 1-2 blocks ``Conv2d -> BatchNorm2d -> act`` then ``[MaxPool]
+    -> Flatten -> Linear``, or a residual block (inner and stream channels); BatchNorm in train mode (batch
+    statistics, running statistics updated) or eval mode. Shrinks towards one conv of 2 channels, train mode."""
+    @st.composite
+    def build(draw) -> BlockSpec:
+        residual = draw(st.booleans())
+        channels = st.integers(2, max_channels)
+        chans = (draw(channels), draw(channels)) if residual else tuple(
+            draw(st.lists(channels, min_size=1, max_size=2)))
+        return BlockSpec(
+            kind="bn-cnn", in_channels=draw(st.integers(1, 2)), channels=chans, residual=residual,
+            activation=draw(st.sampled_from(("relu", "silu"))), bias=not draw(st.booleans()),
+            image=draw(st.integers(3, 4)), pool=draw(st.booleans()), bn_train=not draw(st.booleans()),
+            out_features=draw(st.integers(1, 2)))
+
+    return build()
+
+
+def families(names, max_depth: int = 3, max_width: int = 16) -> st.SearchStrategy:
+    """The architectures of the named families (:data:`FAMILIES`), the first the shrinking target."""
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown or not names:
+        raise TopoverifyError(f"unknown architecture families {unknown or list(names)}; choose from {FAMILIES}.")
+    table = {"mlp": lambda: mlp_specs(max_depth=max_depth, max_width=max_width),
+             "conv": lambda: conv_specs(max_depth=min(max_depth, 2), max_channels=min(6, max_width)),
+             "large": large_mlp_specs, "transformer": transformer_specs, "bn-cnn": bn_cnn_specs}
+    options = [table[n]() for n in dict.fromkeys(names)]
+    return options[0] if len(options) == 1 else st.one_of(*options)
+
+
+def family_of(arch) -> str:
+    """The family an architecture belongs to (``"large"`` for an MLP with a tensor above LARGE_TENSOR)."""
+    if isinstance(arch, BlockSpec):
+        return "bn-cnn" if arch.kind == "bn-cnn" else "transformer"
+    if arch.kind == "conv":
+        return "conv"
+    return "large" if arch.largest_tensor() > LARGE_TENSOR else "mlp"
+
+
 def permutations(n: int) -> st.SearchStrategy[tuple[int, ...]]:
     """Permutations of ``range(n)`` as tuples; shrink towards the identity."""
     return st.permutations(list(range(n))).map(tuple)
@@ -127,5 +200,5 @@ def training_examples(draw, conv: bool = True, max_depth: int = 3, max_width: in
     )
 
 
-__all__ = ["activations", "mlp_specs", "conv_specs", "large_mlp_specs", "architectures", "permutations", "dtypes",
-           "training_examples"]
+__all__ = ["FAMILIES", "transformer_specs", "bn_cnn_specs", "families", "family_of", "activations", "mlp_specs",
+           "conv_specs", "large_mlp_specs", "architectures", "permutations", "dtypes", "training_examples"]

@@ -123,7 +123,8 @@ class Coverage(ResultMixin):
     examples with a parameter tensor of more than ``large_tensor`` entries; ``largest_tensor``: the largest
     such tensor compared. ``state_not_compared``: optimizer-state entries (by name) whose action under the
     permutation is not known from their shape, with the reason; on those examples the verdict rests on the
-    parameters and the other state. An ``equivariant`` verdict needs ``fraction >= min_fraction``."""
+    parameters and the other state. ``by_family``: compared examples per architecture family. An
+    ``equivariant`` verdict needs ``fraction >= min_fraction``."""
 
     examples: int = 0
     compared: int = 0
@@ -136,6 +137,7 @@ class Coverage(ResultMixin):
     largest_tensor: int = 0
     state_not_compared: dict[str, str] = field(default_factory=dict)
     min_fraction: float = 0.5
+    by_family: dict[str, int] = field(default_factory=dict)  # compared examples per architecture family
 
     @property
     def fraction(self) -> float:
@@ -151,6 +153,8 @@ class Coverage(ResultMixin):
                  f"by dtype: {self.dtype_text()}",
                  f"{self.large} with a parameter tensor above {self.large_tensor} entries (largest compared: "
                  f"{self.largest_tensor})"]
+        if self.by_family:
+            parts.append("by family: " + ", ".join(f"{k} {v}" for k, v in sorted(self.by_family.items())))
         if self.state_not_compared:
             parts.append("state not compared: " + "; ".join(f"{k} ({v})" for k, v in
                                                             sorted(self.state_not_compared.items())))

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from topoverify.checks.equivariance.comparator import FLOOR_FACTOR, Comparator, eps
-from topoverify.checks.equivariance.snapshots import Snapshot, original_run
+from topoverify.checks.equivariance.snapshots import Snapshot, float_buffers, original_run
 from topoverify.checks.equivariance.training import OptimizerFailure, OptimizerSetup, RunContext
+from topoverify.neurons.layouts import neuron_blocks, set_neuron_blocks
 
 PROBES = 4  # unpermuted, rounding-perturbed reruns that measure a rule's own round-off amplification
 COMPARABLE = 10.0  # a permuted discrepancy within this factor of the probes' own separation is numerical
@@ -75,7 +76,7 @@ def perturbed_run(ctx: RunContext, noise_seed: int, upto: int) -> tuple[list[Sna
         noise = torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
         m = members.get(name)
         if ctx.example.duplicate and m is not None and layer.size >= 2:  # keep the duplicated pair tied
-            noise.narrow(m.axis, m.block, m.block).copy_(noise.narrow(m.axis, 0, m.block))
+            noise.copy_(set_neuron_blocks(noise, m, layer.size, [1], neuron_blocks(noise, m, layer.size)[[0]]))
         t.mul_(1 + 4 * eps(t) * noise)
 
     def grad_noise(mdl):
@@ -107,6 +108,7 @@ def floor_probe(ctx: RunContext, snaps: list[Snapshot]) -> tuple[Floors, Sensiti
     init = {n: p.detach().clone() for n, p in ctx.initial.named_parameters()}
     zero = {n: torch.zeros_like(p) for n, p in init.items()}
     for t, (a, b) in enumerate(zip(other, snaps), 1):  # parameters: compare the movements
+        cmp.magnitudes = {f"param {n}": float(v.abs().max()) for n, v in b.params.items() if v.numel()}
         cmp.compare(t, Snapshot({n: v - start[n] for n, v in a.params.items()}, a.state, []),
                     Snapshot({n: v - init[n] for n, v in b.params.items()}, b.state, []), zero)
     floors: Floors = {}
@@ -149,6 +151,7 @@ def rounding_sensitivity(ctx: RunContext, snaps: list[Snapshot], floors: Floors,
     worst: dict[int, tuple[float, str, float, float]] = {}
     ident = torch.arange(ctx.layer.size)
     init = {n: p.detach().clone() for n, p in ctx.initial.named_parameters()}
+    init.update({f"buffer {n}": b.clone() for n, b in float_buffers(ctx.initial).items()})
     for i in range(probes):
         try:
             other, _ = perturbed_run(ctx, ctx.seed + 7919 * (i + 1), len(snaps))

@@ -4,8 +4,9 @@ drive the rule, generate examples, find a failing one, shrink it, and hand the o
 What the search covers (:class:`~topoverify.checks.equivariance.report.Coverage` reports it): MLPs and small
 conv nets, one-hidden-layer MLPs with a parameter tensor above
 :data:`~topoverify.experiments.small_nets.LARGE_TENSOR` entries, and both float64 and float32 parameters
-(float32 about one example in four). When the generated examples miss a family, up to :data:`TOPUP` examples
-of it are added. The verdict rules (coverage floor, ``inconclusive``) are in :mod:`.verdict`.
+(float32 about one example in four); with ``architectures``, the named families instead, among them small
+transformer blocks and BatchNorm conv nets (:mod:`.block_nets`). When the generated examples miss a family, up to
+:data:`TOPUP` examples of it are added. The verdict rules (coverage floor, ``inconclusive``) are in :mod:`.verdict`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hypothesis.errors import NoSuchExample
 
 from topoverify.checks.equivariance.distribution import DIST_SEEDS, distribution_mismatch
 from topoverify.checks.equivariance.example import ExampleResult, run_example
-from topoverify.checks.equivariance.generation import dtypes, large_mlp_specs, training_examples
+from topoverify.checks.equivariance.generation import FAMILIES, dtypes, families, training_examples
 from topoverify.checks.equivariance.limits import DEFAULT_TIMEOUT, ExampleTimeout, Interrupted, time_limit, where
 from topoverify.checks.equivariance.report import EquivarianceReport
 from topoverify.checks.equivariance.setup import (dtype_name, optimizer_name, parse_dtype, resolve_setup,
@@ -59,8 +60,14 @@ class SearchOptions:
     create_graph: bool | None = None
     timeout: float | None = DEFAULT_TIMEOUT
     progress: ProgressFn | None = None
+    architectures: tuple[str, ...] | None = None  # families (generation.FAMILIES); None: from conv and large
 
     def __post_init__(self):
+        if self.architectures is not None:
+            unknown = [a for a in self.architectures if a not in FAMILIES]
+            if unknown or not self.architectures:
+                raise TopoverifyError(f"architectures must name families among {FAMILIES}; got "
+                                      f"{list(self.architectures)}.")
         if self.steps < 1 or self.examples < 1:
             raise TopoverifyError(f"steps and examples must be >= 1 (got steps={self.steps}, "
                                   f"examples={self.examples}).")
@@ -68,13 +75,36 @@ class SearchOptions:
             raise TopoverifyError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}.")
 
     @property
+    def families(self) -> tuple[str, ...]:
+        """The architecture families searched, the first the shrinking target."""
+        if self.architectures is not None:
+            return tuple(dict.fromkeys(self.architectures))
+        return ("mlp",) + (("conv",) if self.conv else ()) + (("large",) if self.large else ())
+
+    @property
+    def block_families(self) -> tuple[str, ...]:
+        """Requested families that must each have a compared example (transformer blocks, BatchNorm CNNs)."""
+        return tuple(f for f in self.families if f in ("transformer", "bn-cnn"))
+
+    @property
+    def has_large(self) -> bool:
+        return "large" in self.families
+
+    @property
     def limits(self) -> str:
         """What the search covers, for the verdict's message."""
-        return (f"{self.steps} steps, {'/'.join(self.dtypes)} parameters, MLPs of 1-{self.max_depth} hidden layers "
-                f"of width 2-{self.max_width}"
-                + (f", plus conv nets of 2-{min(6, self.max_width)} channels" if self.conv else ", no conv nets")
-                + (f", plus one-hidden-layer MLPs with a first weight of more than {LARGE_TENSOR} entries"
-                   if self.large else ", no tensors above 256 entries"))
+        fam = self.families
+        text = {"mlp": f"MLPs of 1-{self.max_depth} hidden layers of width 2-{self.max_width}",
+                "conv": f"conv nets of 2-{min(6, self.max_width)} channels",
+                "large": f"one-hidden-layer MLPs with a first weight of more than {LARGE_TENSOR} entries",
+                "transformer": "transformer blocks (pre-LN nn.MultiheadAttention blocks with MLP or gated MLP, "
+                               "nn.TransformerEncoderLayer; heads, MLP units and residual-stream dims "
+                               "permuted)",
+                "bn-cnn": "BatchNorm conv nets (train and eval mode, residual variant; channels permuted with "
+                          "their running statistics)"}
+        return (f"{self.steps} steps, {'/'.join(self.dtypes)} parameters, " + ", plus ".join(text[f] for f in fam)
+                + ("" if "conv" in fam else ", no conv nets")
+                + ("" if "large" in fam else ", no tensors above 256 entries"))
 
 
 def run_search(make_optimizer: Callable, options: SearchOptions) -> EquivarianceReport:
@@ -193,7 +223,7 @@ class _Search:
         o = self.options
         verdict, msg, more = verdict_without_counterexample(
             self.tally, name=self.common["optimizer"], steps=o.steps, rtols=self.fields["rtols"],
-            dtypes=self.names, large=o.large, limits=o.limits)
+            dtypes=self.names, large=o.has_large, limits=o.limits, families=o.block_families)
         return EquivarianceReport(verdict=verdict, message=msg, notes=tuple(self.notes + more),
                                   elapsed_s=self.elapsed(), **base)
 
@@ -248,16 +278,19 @@ class _Search:
         avail = tuple(self.setups)
         dtype_strategy = dtypes(avail, FLOAT32_SHARE if avail == DTYPES else None)
         shrinking = o.shrink and not self.randomness
-        smallest = self.find(training_examples(conv=o.conv, max_depth=o.max_depth, max_width=o.max_width,
-                                               large=o.large, dtype=dtype_strategy), o.examples, shrinking, o.seed)
+        arch = families(o.families, max_depth=o.max_depth, max_width=o.max_width)
+        smallest = self.find(training_examples(arch=arch, dtype=dtype_strategy), o.examples, shrinking, o.seed)
         tally = self.tally
-        families: list[tuple[Callable[[], bool], Any]] = []
-        if o.large:
-            families.append((lambda: tally.large > 0, training_examples(arch=large_mlp_specs(), dtype=dtype_strategy)))
+        topups: list[tuple[Callable[[], bool], Any]] = []
+        if o.has_large:
+            topups.append((lambda: tally.large > 0, training_examples(arch=families(("large",)),
+                                                                      dtype=dtype_strategy)))
+        for fam in o.block_families:
+            topups.append((lambda fam=fam: bool(tally.by_family.get(fam)),
+                           training_examples(arch=families((fam,)), dtype=dtype_strategy)))
         for d in avail:
-            families.append((lambda d=d: bool(tally.by_dtype.get(d)), training_examples(
-                conv=o.conv, max_depth=o.max_depth, max_width=o.max_width, large=o.large, dtype=dtypes((d,)))))
-        for i, (covered, strategy) in enumerate(families):
+            topups.append((lambda d=d: bool(tally.by_dtype.get(d)), training_examples(arch=arch, dtype=dtypes((d,)))))
+        for i, (covered, strategy) in enumerate(topups):
             if smallest is not None or self.hang is not None or covered():
                 continue
             self.skip = covered
@@ -321,7 +354,8 @@ class _Search:
         o = self.options
         verdict, msg, more = verdict_without_counterexample(
             self.tally, name=self.common["optimizer"], steps=o.steps, rtols=self.fields["rtols"],
-            dtypes=self.names, large=o.large, limits=o.limits, interrupted=True, requested=o.examples)
+            dtypes=self.names, large=o.has_large, limits=o.limits, families=o.block_families, interrupted=True,
+            requested=o.examples)
         return EquivarianceReport(verdict=verdict, message=msg, notes=tuple(notes + more), elapsed_s=elapsed,
                                   **base)
 

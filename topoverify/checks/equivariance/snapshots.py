@@ -5,8 +5,9 @@ S(Pθ, Ps; ξ) = P S(θ, s; ξ)), and the recorded original run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,11 +26,31 @@ class Snapshot:
     """Detached parameters and optimizer state of a run, keyed by parameter name.
 
     ``state`` maps ``"<param>/<key>"`` (or ``"<key>"`` for state owned by no parameter) to
-    ``(param name or None, value)``; ``groups`` lists each param group's parameter names in order."""
+    ``(param name or None, value)``; ``groups`` lists each param group's parameter names in order; ``buffers``:
+    the model's floating buffers (BatchNorm running statistics: they move with the channels, T9)."""
 
     params: dict[str, torch.Tensor]
     state: dict[str, tuple[str | None, Any]]
     groups: list[list[str]]
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def float_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's floating buffers (running statistics), detached, keyed by name."""
+    return {n: b.detach() for n, b in model.named_buffers() if b.is_floating_point()}
+
+
+@contextlib.contextmanager
+def frozen_buffers(model: nn.Module):
+    """Restore every buffer after the block: a forward pass outside the training step (a loss read for the
+    convergence test) must not update BatchNorm running statistics in one run and not in the other."""
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(saved[n])
 
 
 def named_state(model: nn.Module, opt) -> dict[str, tuple[str | None, Any]]:
@@ -68,19 +89,21 @@ def snapshot(model: nn.Module, opt) -> Snapshot:
     return Snapshot(
         params={n: p.detach().clone() for n, p in model.named_parameters()},
         state={k: (pname, _detached(v)) for k, (pname, v) in named_state(model, opt).items()},
-        groups=[[name_of.get(id(p), "?") for p in g["params"]] for g in opt.param_groups])
+        groups=[[name_of.get(id(p), "?") for p in g["params"]] for g in opt.param_groups],
+        buffers={n: b.clone() for n, b in float_buffers(model).items()})
 
 
 def live(model: nn.Module, opt) -> Snapshot:
     """A non-copying view of a run's current parameters and state."""
-    return Snapshot({n: p.detach() for n, p in model.named_parameters()}, named_state(model, opt), [])
+    return Snapshot({n: p.detach() for n, p in model.named_parameters()}, named_state(model, opt), [],
+                    float_buffers(model))
 
 
 def permute_snapshot(snap: Snapshot, layer: NeuronLayer, perm: torch.Tensor) -> Snapshot:
-    """``snap`` with ``layer``'s neurons permuted: member parameters, and the state where the permutation's
-    action on it is known (:func:`~topoverify.checks.equivariance.state.expected_state`: param-shaped
-    tensors, reductions, symmetric matrices over an axis, flat per-group vectors); other state entries become
-    :class:`~topoverify.checks.equivariance.state.Uncompared` markers."""
+    """``snap`` with ``layer``'s neurons permuted: member parameters, the layer's buffers, and the state where
+    the permutation's action on it is known (:func:`~topoverify.checks.equivariance.state.expected_state`:
+    param-shaped tensors, reductions, symmetric matrices over an axis, flat per-group vectors); other state
+    entries become :class:`~topoverify.checks.equivariance.state.Uncompared` markers."""
     members = {m.name: m for m in layer.members}
     params = {n: (permute_tensor(t, members[n], perm) if n in members else t) for n, t in snap.params.items()}
     flat = {}
@@ -95,7 +118,9 @@ def permute_snapshot(snap: Snapshot, layer: NeuronLayer, perm: torch.Tensor) -> 
         else:
             state[key] = (pname, expected_state(value, snap.params[pname], members.get(pname), perm,
                                                 flat.get(pname)))
-    return Snapshot(params, state, snap.groups)
+    moving = {m.name: m for m in getattr(layer, "buffers", ())}
+    buffers = {n: (permute_tensor(t, moving[n], perm) if n in moving else t) for n, t in snap.buffers.items()}
+    return Snapshot(params, state, snap.groups, buffers)
 
 
 def floating_tensors(snap: Snapshot) -> dict[str, torch.Tensor]:
@@ -112,14 +137,17 @@ def original_run(ctx: RunContext, model: nn.Module, *, upto: int | None = None, 
     parameters become non-finite or the loss reaches the rounding level (later state is rounding noise)."""
     snaps: list[Snapshot] = []
     with torch.no_grad():
-        first = float(loss_fn(model, *ctx.batches[0])) if ctx.batches else 0.0
+        with frozen_buffers(model):
+            first = float(loss_fn(model, *ctx.batches[0])) if ctx.batches else 0.0
     tiny = first * (CONVERGED * torch.finfo(ctx.setup.dtype).eps) ** 2
 
     def record(t, opt):
         if not finite(model):
             return False
         with torch.no_grad():
-            if float(loss_fn(model, *ctx.batches[t - 1])) < tiny:
+            with frozen_buffers(model):
+                loss = float(loss_fn(model, *ctx.batches[t - 1]))
+            if loss < tiny:
                 return False  # fitted to rounding level: later state is rounding noise, stop comparing here
         snaps.append(snapshot(model, opt))
         return True
@@ -128,5 +156,6 @@ def original_run(ctx: RunContext, model: nn.Module, *, upto: int | None = None, 
     return snaps
 
 
-__all__ = ["Snapshot", "named_state", "snapshot", "live", "permute_snapshot", "floating_tensors", "original_run",
+__all__ = ["Snapshot", "float_buffers", "frozen_buffers", "named_state", "snapshot", "live", "permute_snapshot",
+           "floating_tensors", "original_run",
            "CONVERGED"]

@@ -23,7 +23,7 @@ from torch import nn
 
 from topoverify.checks.equivariance.limits import check_deadline
 from topoverify.experiments.small_nets import ArchSpec, TrainingExample, make_batch, param_groups
-from topoverify.neurons.layouts import NeuronLayer, detect_layers
+from topoverify.neurons.layouts import NeuronLayer, detect_layers, neuron_blocks, set_neuron_blocks
 
 
 @dataclass
@@ -58,14 +58,20 @@ def build_model(example: TrainingExample, dtype: torch.dtype) -> tuple[nn.Module
     exact copy of neuron 0 (a tie, T6)."""
     model = example.arch.build(dtype, example.init_seed)
     if example.arch not in _LAYER_CACHE:
-        _LAYER_CACHE[example.arch] = detect_layers(model)
+        # block architectures declare their layers (T9's layouts); MLPs and conv nets are detected
+        declared = getattr(example.arch, "neuron_layers", None)
+        _LAYER_CACHE[example.arch] = declared(model) if declared is not None else detect_layers(model)
     layer = _LAYER_CACHE[example.arch][example.layer]
     if example.duplicate and layer.size >= 2:
         params = dict(model.named_parameters())
         with torch.no_grad():
             for m in layer.members:
                 t = params[m.name]
-                t.narrow(m.axis, m.block, m.block).copy_(t.narrow(m.axis, 0, m.block))
+                t.copy_(set_neuron_blocks(t, m, layer.size, [1], neuron_blocks(t, m, layer.size)[[0]]))
+            buffers = dict(model.named_buffers())
+            for m in layer.buffers:  # running statistics of a BatchNorm channel tie too
+                b = buffers[m.name]
+                b.copy_(set_neuron_blocks(b, m, layer.size, [1], neuron_blocks(b, m, layer.size)[[0]]))
     return model, layer
 
 

@@ -6,7 +6,8 @@ A verdict rests only on evidence actually checked. ``equivariant`` needs at leas
 :data:`~topoverify.checks.equivariance.report.MIN_COMPARED_FRACTION` of the generated examples compared, and - where
 the search includes them - at least one compared example with a parameter tensor above
 :data:`~topoverify.experiments.small_nets.LARGE_TENSOR` entries (blockwise, quantised and chunked implementations
-only show there); otherwise the verdict is ``inconclusive`` and says what could not be compared.
+only show there), and one compared example of every requested transformer / BatchNorm-CNN family; otherwise
+the verdict is ``inconclusive`` and says what could not be compared.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from topoverify.checks.equivariance.distribution import DIST_SIGMAS
 from topoverify.checks.equivariance.example import ExampleResult
+from topoverify.checks.equivariance.generation import family_of
 from topoverify.checks.equivariance.report import MIN_COMPARED_FRACTION, Counterexample, Coverage, Mismatch
 from topoverify.checks.equivariance.roundoff import COMPARABLE
 from topoverify.checks.equivariance.setup import dtype_name
@@ -44,6 +46,8 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     optimizer_errors: list[str] = field(default_factory=list)
     numerical: list[ExampleResult] = field(default_factory=list)
+    by_family: dict[str, int] = field(default_factory=dict)  # compared examples per architecture family
+    family_errors: dict[str, str] = field(default_factory=dict)  # the first error per family
 
     def add(self, res: ExampleResult) -> None:
         self.generated += 1
@@ -59,6 +63,7 @@ class Tally:
                 self.optimizer_errors.append(res.error)
             if big:
                 self.large_errors.append(res.error)
+            self.family_errors.setdefault(family_of(res.example.arch), res.error)
             return
         for name, why in res.uncompared_state.items():
             self.state_not_compared.setdefault(name, why)
@@ -69,6 +74,8 @@ class Tally:
             return
         self.compared += 1
         self.by_dtype[res.example.dtype] = self.by_dtype.get(res.example.dtype, 0) + 1
+        fam = family_of(res.example.arch)
+        self.by_family[fam] = self.by_family.get(fam, 0) + 1
         if big:
             self.large += 1
         self.largest = max(self.largest, res.largest_tensor)
@@ -81,7 +88,8 @@ class Tally:
         return Coverage(examples=self.generated, compared=self.compared, errored=self.errored,
                         uncompared=self.uncompared, by_dtype=dict(self.by_dtype), dtypes=dtypes, large=self.large,
                         large_tensor=LARGE_TENSOR, largest_tensor=self.largest,
-                        state_not_compared=dict(self.state_not_compared), min_fraction=MIN_COMPARED_FRACTION)
+                        state_not_compared=dict(self.state_not_compared), min_fraction=MIN_COMPARED_FRACTION,
+                        by_family=dict(self.by_family))
 
 
 def numerical_note(name: str, found: list[ExampleResult], completed: int, steps: int) -> str:
@@ -118,7 +126,8 @@ def _first(errors: list[str]) -> str:
 
 def verdict_without_counterexample(tally: Tally, *, name: str, steps: int, rtols: dict[str, float],
                                    dtypes: tuple[str, ...], large: bool, limits: str,
-                                   interrupted: bool = False, requested: int = 0) -> tuple[str, str, list[str]]:
+                                   interrupted: bool = False, requested: int = 0,
+                                   families: tuple[str, ...] = ()) -> tuple[str, str, list[str]]:
     """(verdict, message, notes) when the search found no counterexample."""
     notes: list[str] = []
     if tally.numerical:
@@ -163,6 +172,10 @@ def verdict_without_counterexample(tally: Tally, *, name: str, steps: int, rtols
                "none could be compared")
         gaps.append(f"no example with a parameter tensor above {LARGE_TENSOR} entries could be compared ({why}); "
                     f"blockwise, quantised and chunked implementations only depart from their reference there")
+    for fam in families:  # requested architecture families (transformer blocks, BatchNorm CNNs) need evidence
+        if not tally.by_family.get(fam):
+            why = tally.family_errors.get(fam)
+            gaps.append(f"no {fam} example could be compared" + (f" (first error: {why})" if why else ""))
     if gaps:
         return "inconclusive", "; ".join(gaps) + f". None of the {tally.compared} compared examples failed.", notes
     runs = f"{steps} steps" if not tally.numerical else (f"up to {steps} steps, shorter where round-off "
@@ -175,7 +188,8 @@ def verdict_without_counterexample(tally: Tally, *, name: str, steps: int, rtols
            f"({100 * cov.fraction:.0f}%; {tally.perms} permuted runs of {runs}): the parameters {state} of every "
            f"permuted run matched the permuted original within rtol {tol} (largest relative deviation "
            f"{dev}). Covered: {cov.dtype_text()} compared examples by dtype; "
-           f"{tally.large} with a parameter tensor above {LARGE_TENSOR} entries (largest {tally.largest}). "
+           f"{tally.large} with a parameter tensor above {LARGE_TENSOR} entries (largest {tally.largest}); "
+           f"by family: {', '.join(f'{k} {v}' for k, v in sorted(tally.by_family.items()))}. "
            f"Limits of the search: {limits}.")
     return "equivariant", msg, notes
 
