@@ -103,7 +103,7 @@ def test_certified_k_bounds_the_exact_sigma_max_and_the_estimate_tightly(seed, d
     model, x, layers = case(seed=seed, dtype=dtype)
     for layer in layers:
         field, _ = unit_field(model, layer, loss_fn, x)
-        cloud = neuron_cloud(model, layer).to(torch.float64)
+        cloud = neuron_cloud(model, layer)  # the model's own dtype, as predict_step passes it
         exact, M = exact_sigma(field, layer, model, x)
         assert torch.allclose(field.M, torch.tensor([[float(v) for v in r] for r in M], dtype=torch.float64),
                               rtol=1e-12, atol=1e-18)
@@ -114,7 +114,7 @@ def test_certified_k_bounds_the_exact_sigma_max_and_the_estimate_tightly(seed, d
         top = field.top_eigenvalue_lower(cloud, shift=cert)
         assert cert >= float(top.max()) >= (1 - 1e-6) * cert
         gen = torch.Generator().manual_seed(seed)
-        rand = PowerField._sampled(field, cloud, None, 400, 0.0, gen, 4, 8, 0, None)
+        rand = PowerField._sampled(field, cloud.to(torch.float64), None, 400, 0.0, gen, 4, 8, 0, None)
         assert float(rand.max()) <= cert and float(rand.max()) >= 0.5 * cert
 
 

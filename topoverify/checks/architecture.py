@@ -35,6 +35,7 @@ from topoverify.checks.verdicts import LayerRows
 from topoverify.errors import LayoutError, TopoverifyError, UnsupportedError
 from topoverify.formatting import ResultMixin, fmt
 from topoverify.measure import fields
+from topoverify.measure.attention_field import tolerance_for
 from topoverify.neurons import layouts as _layouts
 from topoverify.neurons.copying import clone
 from topoverify.neurons.layouts import NeuronLayer, neuron_blocks, neuron_cloud, require_deterministic
@@ -62,13 +63,6 @@ T9_REASONS = {
                        "predicted",
 }
 # Q/K dims have one field (T9: T1(b) at the attention logits, bilinear); when the kit builds none, this is said.
-QK_NOT_BUILT = ("T9: the Q/K dims of a head have one field, T1(b) with the signal frozen at the attention logits "
-                "S = s·Σ_j q_j k_jᵀ (a bilinear field; with the signal at the head's output there is none, the "
-                "softmax is not additive over the dims); this version of topoverify builds no field for Q/K dims, "
-                "so the identity is not checked numerically. Checked instead: equivariance (A1) and symmetry is "
-                "absorbing (T6). With rotary embeddings the dims are not permutable (each pair has its own "
-                "frequency)")
-
 
 def t9_reason(model: nn.Module, layer: NeuronLayer) -> str | None:
     """T9's reason why ``layer``'s units have no field of T1's form in their own parameters, or None when they
@@ -188,8 +182,6 @@ def _one_field(model, layer, loss_fn, batch) -> tuple[str, float | None, float |
         field = _field(private, layer, loss_fn, batch)
         g = field.gradient(cloud).to(torch.float64)
     except (UnsupportedError, LayoutError) as exc:
-        if layer.kind == "attention-qk":
-            return NOT_BUILT, None, None, QK_NOT_BUILT
         return NOT_CHECKED, None, None, f"the field could not be built: {exc}"
     except RuntimeError as exc:  # a field builder that does not cover this layout: a kit limit, not T9's
         return NOT_CHECKED, None, None, (f"the field builder failed on this layout ({type(exc).__name__}: "
@@ -197,7 +189,7 @@ def _one_field(model, layer, loss_fn, batch) -> tuple[str, float | None, float |
     auto = autograd_neuron_gradients(clone(model), layer, loss_fn, batch).to(torch.float64)
     scale = float(torch.maximum(g.norm(dim=1), auto.norm(dim=1)).max()) if len(g) else 0.0
     residual = float((g - auto).norm(dim=1).max()) / scale if scale > 0 else 0.0
-    tol = RELATIVE_TOLERANCE.get(cloud.dtype, RELATIVE_TOLERANCE[torch.float32])
+    tol = tolerance_for(field, cloud.dtype)  # a softmax computed in float32 inside a float64 model: float32's
     return (HOLDS if residual <= tol else VIOLATED), residual, tol, (
         "" if residual <= tol else f"g(θ_i) differs from the autograd gradient by {residual:.3g} relative")
 
@@ -306,6 +298,6 @@ def check_unit_layouts(model: nn.Module, loss_fn: Callable, batch,
                            else name)
 
 
-__all__ = ["T9_REASONS", "QK_NOT_BUILT", "NOT_BUILT", "UnitLayoutCheck", "UnitLayoutRow", "check_unit_layouts",
+__all__ = ["T9_REASONS", "NOT_BUILT", "UnitLayoutCheck", "UnitLayoutRow", "check_unit_layouts",
            "make_twins", "t9_reason", "unit_index", "HOLDS", "VIOLATED", "NOT_ONE_FIELD", "NOT_CHECKED", "ROUNDOFF",
            "INCONCLUSIVE"]

@@ -238,11 +238,14 @@ def predict_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
     """
     require_full_precision(model)
     layers = resolve_layers(model, layers)
+    for layer in layers:  # diverged parameters are named by layer before any pass runs on them
+        _finite_cloud(model, layer, step)
+    one_pass = _one_pass(model, loss_fn, batch, layers, step)
     if check_layout:
-        preflight(model, layers, loss_fn, batch)
+        preflight(model, layers, loss_fn, batch, base=one_pass.base() if one_pass else None)
     gen = torch.Generator().manual_seed(seed)
     predictions, loss = [], math.nan
-    with _one_pass(model, loss_fn, batch, layers, step):
+    with one_pass or contextlib.nullcontext():
         for layer in layers:
             lp, loss_l = _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, power_iters, tol, gen,
                                         hessian, seed, step, fold)
@@ -260,15 +263,13 @@ def predict_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
 
 
 def _one_pass(model, loss_fn, batch, layers, step):
-    """One recorded forward and backward pass for every layer's field (a whole-model pass costs as much as a
-    training step); a pass that cannot cover them all (a layout naming a module the model lacks) leaves each
-    layer to run its own, which then reports the problem as that layer's."""
-    if len(layers) < 2:
-        return contextlib.nullcontext()
+    """One recorded forward and backward pass for every layer's field and the preflight's unpermuted pass (a
+    whole-model pass costs as much as a training step), or None when it cannot cover them (a layout naming a
+    module the model lacks): each layer then runs its own, which reports the problem as that layer's."""
     try:
-        return shared_capture(model, loss_fn, batch, layers, step=step)
+        return shared_capture(model, loss_fn, batch, layers, step=step, all_params=True)
     except UnsupportedError:
-        return contextlib.nullcontext()
+        return None
 
 
 def _predict_layer(model, optimizer, loss_fn, batch, layer, neighbors, iters, tol, gen, hessian, seed, step,

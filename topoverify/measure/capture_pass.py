@@ -72,6 +72,12 @@ def _detach(v):
     return v.detach() if torch.is_tensor(v) else v
 
 
+def _kept(v):
+    """A recorded input: a detached copy, so that an in-place op on the tensor later in the pass (a residual
+    ``x += ...``) does not change the record."""
+    return v.detach().clone() if torch.is_tensor(v) else v
+
+
 def capture_pass(model: nn.Module, loss_fn, batch, modules: Sequence[str], params: Sequence[str] = (), *,
                  where: str = "update field", step: int | None = None) -> CapturedPass:
     """Run ``loss_fn(copy, batch)`` once with hooks on ``modules`` (names of ``model.named_modules()``) and take
@@ -81,7 +87,7 @@ def capture_pass(model: nn.Module, loss_fn, batch, modules: Sequence[str], param
     :class:`UnsupportedError` for active dropout or an unknown module, :class:`NonFiniteError` for a NaN/Inf
     loss (``where``/``step`` name the place)."""
     shared = _SHARED.get()
-    key = (id(model), id(loss_fn), id(batch))
+    key = (id(model), id(loss_fn), id(batch), _versions(model, batch))
     if shared is not None and shared._key == key and shared.covers(modules, params):
         return shared
     require_deterministic(model)
@@ -102,11 +108,15 @@ def capture_pass(model: nn.Module, loss_fn, batch, modules: Sequence[str], param
 
         def pre(module, args, kwargs, _name=name, _mod=mod):
             if module is _mod:  # a hook copied from the caller's model (e.g. a monitor's) must not fire here
-                calls[_name].append((tuple(_detach(a) for a in args), {k: _detach(v) for k, v in kwargs.items()}))
+                calls[_name].append((tuple(_kept(a) for a in args), {k: _kept(v) for k, v in kwargs.items()}))
 
         def post(module, _args, out, _name=name, _mod=mod):
-            if module is _mod:
-                outputs[_name].append(out[0] if isinstance(out, (tuple, list)) else out)
+            if module is _mod:  # y is kept; what flows on is a copy, so that an in-place op after the module
+                first = out[0] if isinstance(out, (tuple, list)) else out  # (ReLU(inplace=True)) changes the
+                outputs[_name].append(first)  # copy, not y and its δ
+                if torch.is_tensor(first):
+                    return first.clone() if torch.is_tensor(out) else type(out)((first.clone(), *out[1:]))
+                return None
 
         handles += [mod.register_forward_pre_hook(pre, with_kwargs=True), mod.register_forward_hook(post)]
     try:
@@ -130,6 +140,22 @@ def capture_pass(model: nn.Module, loss_fn, batch, modules: Sequence[str], param
     return CapturedPass(m, float(loss.detach()), record, pgrads, key)
 
 
+def _versions(model: nn.Module, batch) -> tuple:
+    """The in-place version counters of the model's parameters and buffers and of the batch's tensors: a record
+    is reused only while none of them has changed (an optimizer step inside the ``with`` block)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    stack = [batch]
+    while stack:
+        b = stack.pop()
+        if torch.is_tensor(b):
+            tensors.append(b)
+        elif isinstance(b, (list, tuple)):
+            stack.extend(b)
+        elif isinstance(b, dict):
+            stack.extend(b.values())
+    return tuple(t._version for t in tensors)
+
+
 def _delta(g, y):
     if g is not None:
         return g.detach()
@@ -151,14 +177,16 @@ def layer_needs(layer: NeuronLayer) -> tuple[list[str], list[str]]:
 
 
 class shared_capture:
-    """Run one :func:`capture_pass` covering every layer of ``layers`` (:func:`layer_needs`) now, and, as a
+    """Run one :func:`capture_pass` covering every layer of ``layers`` (:func:`layer_needs`; with ``all_params``
+    the gradient of every trainable parameter too, the layout preflight's unpermuted pass) now, and, as a
     context manager, let the field builders called inside the ``with`` block reuse it. A failing pass raises
     here (at construction), before the block: an unknown module as :class:`UnsupportedError`, a NaN loss as
     :class:`NonFiniteError`, as the first builder would have."""
 
     def __init__(self, model: nn.Module, loss_fn, batch, layers: Sequence[NeuronLayer], *,
-                 step: int | None = None):
-        modules, params = [], []
+                 step: int | None = None, all_params: bool = False):
+        modules = []
+        params = [n for n, p in model.named_parameters() if p.requires_grad] if all_params else []
         for layer in layers:
             ms, ps = layer_needs(layer)
             modules += ms
@@ -166,6 +194,10 @@ class shared_capture:
         self.record = capture_pass(model, loss_fn, batch, list(dict.fromkeys(modules)),
                                    list(dict.fromkeys(params)), where="update fields", step=step)
         self._token = None
+
+    def base(self) -> tuple[float, dict]:
+        """(loss, {name: gradient}) of every trainable parameter (``all_params=True``), for the preflight."""
+        return self.record.loss, self.record.grads
 
     def __enter__(self) -> CapturedPass:
         self._token = _SHARED.set(self.record)

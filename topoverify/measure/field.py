@@ -39,6 +39,7 @@ from topoverify.errors import NonFiniteError, UnsupportedError
 from topoverify.measure.capture_pass import capture_pass
 from topoverify.measure.chunks import row_chunks
 from topoverify.measure.hull_bounds import HullBounds, hull_bounds
+from topoverify.measure.unit_field import power_values
 from topoverify.measure.sampling import midpoints_with, nearest_neighbors
 from topoverify.neurons.activations import Activation, get_activation
 from topoverify.neurons.layouts import NeuronLayer, neuron_blocks
@@ -165,13 +166,8 @@ class BlockSamples:
                 Vw, Va = self._split(Vc)
                 U = self.H @ Vw.T
                 M = cs2 * U + s1 * (self.D @ Va.T)
-                HV = torch.cat([M.T @ self.H, (s1 * U).T @ self.D], dim=1)
-                if decay is not None:
-                    HV = HV + Vc * decay
-                if shift is not None:
-                    HV = HV + shift * Vc
-                norms = HV.norm(dim=1)
-                value = norms if shift is None else (Vc * HV).sum(dim=1) - shift
+                HV, norms, value = power_values(torch.cat([M.T @ self.H, (s1 * U).T @ self.D], dim=1), Vc, decay,
+                                                shift)
                 converged = bool(((value - est).abs() <= tol * value.abs().clamp_min(1e-300)).all())
                 est = torch.maximum(est, value)
                 Vc = HV / norms.clamp_min(1e-300)[:, None]

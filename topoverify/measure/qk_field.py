@@ -94,8 +94,11 @@ class QKField(PowerField):
             Z = midpoints_with(Z, nearest_neighbors(Z, neighbors))
         if Z.shape[0] == 0:
             return Z.new_zeros(0)
-        V = self._top_vector().to(Z.dtype)[None]
-        est, _ = self._power(Z[:1], V, decay, max(1, iters), tol, None, shift)
+        # in float64, as the certificate: a float32 ‖Jv‖ can round above σ_max (and above the certified K)
+        Z64 = Z[:1].to(torch.float64)
+        V = self._top_vector().to(torch.float64)[None]
+        est, _ = self._power(Z64, V, None if decay is None else decay.to(torch.float64), max(1, iters), tol, None,
+                             shift)
         return est.expand(Z.shape[0]).clone()
 
     def hull_bounds(self, cloud: torch.Tensor, decay_max: float = 0.0, signs: tuple[int, ...] = (1,)

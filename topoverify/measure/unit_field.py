@@ -31,6 +31,18 @@ from topoverify.measure.sampling import midpoints_with, nearest_neighbors
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes per chunk of points (HVP workspace)
 
 
+def power_values(HV: torch.Tensor, V: torch.Tensor, decay, shift):
+    """One power-iteration step's (J v, ‖J v‖, value) from ∇²Φ v = ``HV`` at unit vectors ``V`` (rows), for
+    J = ∇²Φ + diag(decay) (+ shift·I): the value is ‖Jv‖ (``shift`` None) or the Rayleigh quotient vᵀJv of J
+    iterated as J + shift·I; both are ≤ their supremum at the point (a lower bound)."""
+    if decay is not None:
+        HV = HV + V * decay
+    if shift is not None:
+        HV = HV + shift * V
+    norms = HV.norm(dim=1)
+    return HV, norms, (norms if shift is None else (V * HV).sum(dim=1) - shift)
+
+
 class PowerField:
     """Power iteration on a field's Jacobian J(z) = ∇²Φ(z) (+ diag(decay)) for subclasses that give
     ``_hvp(Z, V)`` (P×d each: ∇²Φ(z_p) v_p) and ``_chunk_rows()``. Semantics of
@@ -84,13 +96,7 @@ class PowerField:
                 if live.numel() == 0:
                     break
                 Vl = Vc[live]
-                HV = self._hvp(Zc[live], Vl)
-                if decay is not None:
-                    HV = HV + Vl * decay
-                if shift is not None:
-                    HV = HV + shift * Vl
-                norms = HV.norm(dim=1)
-                value = norms if shift is None else (Vl * HV).sum(dim=1) - shift
+                HV, norms, value = power_values(self._hvp(Zc[live], Vl), Vl, decay, shift)
                 done = (value - est[live]).abs() <= tol * value.abs().clamp_min(1e-300)
                 est[live] = torch.maximum(est[live], value)
                 Vc[live] = HV / norms.clamp_min(1e-300)[:, None]

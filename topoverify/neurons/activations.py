@@ -20,6 +20,8 @@ pass is off by ~4e-8) is *uncertified* and K_upper is then infinite with that re
 
 from __future__ import annotations
 
+import copy
+
 import ast
 import functools
 import math
@@ -194,6 +196,9 @@ def get_activation(spec: str | nn.Module | Callable | None, *, name: str | None 
         activation_entry(spec)  # raises for an unknown name
         return _cached(spec)
     if isinstance(spec, nn.Module):
+        if getattr(spec, "inplace", False):  # σ is evaluated on leaves (derivatives): never in place
+            spec = copy.copy(spec)
+            spec.inplace = False
         return _cached_module(type(spec), repr(spec), spec)
     name = name or ACTIVATION_FUNCTIONS.get(spec, getattr(spec, "__name__", "custom"))
     cache_key = (type(spec), name, key) if key is not None else None

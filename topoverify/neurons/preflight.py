@@ -20,6 +20,7 @@ from topoverify.neurons.layouts import NeuronLayer, ParamAxis, neuron_index, val
 from topoverify.neurons.lossfn import check_loss
 from topoverify.neurons.permute import permute_tensor
 
+FLOAT64_MAX_PARAMS = 20_000_000  # float32 models up to this size are preflighted in float64
 ROUNDOFF_ULPS = 1000  # gradients below this many ulps of the largest gradient of the model are round-off
 
 
@@ -41,7 +42,8 @@ class PreflightReport(ResultMixin):
 
 
 def preflight(model: nn.Module, layers: Sequence[NeuronLayer], loss_fn: Callable, batch, *,
-              seed: int = 0, rtol: float | None = None, grouped: bool = True) -> PreflightReport:
+              seed: int = 0, rtol: float | None = None, grouped: bool = True,
+              base: tuple[float, dict] | None = None, float64: bool | None = None) -> PreflightReport:
     """Check that each layout really is a symmetry: L(Pθ) = L(θ) and ∇L(Pθ) = P∇L(θ) (A1 of T1).
 
     Layers are checked in groups, one permuted forward+backward pass per group: layers that move no index of a
@@ -58,11 +60,32 @@ def preflight(model: nn.Module, layers: Sequence[NeuronLayer], loss_fn: Callable
     A failing layout raises :class:`LayoutError` naming the parameter at fault: one that is missing from the
     layout, or a member with the wrong axis (found by trying the one-parameter repairs), else the parameter
     whose gradient deviates most from the permuted one. Returns a :class:`PreflightReport`.
+    ``base``: the unpermuted (loss, {name: gradient} of every trainable parameter) when a pass of the same
+    model, loss and batch has already computed them (:func:`topoverify.predict_step`'s recorded pass).
+
+    Precision. ``float64`` (default: for models of at most ``FLOAT64_MAX_PARAMS`` parameters) checks on a
+    float64 copy with float64 tolerances. In float32 a wrong layout whose gradients are small next to the
+    model's largest (the queries and keys of a fused projection at initialisation) can hide under float32
+    round-off; every fused segment is compared at its own scale, but gradients below ``ROUNDOFF_ULPS`` float32
+    ulps of the model's largest gradient cannot be told from round-off. Larger float32 models are checked in
+    float32 (a float64 pass costs two to three times as much); pass ``float64=True`` to check them in float64.
     """
     gen = torch.Generator().manual_seed(seed)
-    if next(model.parameters()).dtype in (torch.float16, torch.bfloat16):  # their round-off hides nothing less
-        model, batch = copy.deepcopy(model).float(), _upcast(batch)  # than a broken symmetry: check in float32
-    base = _loss_and_grads(model, loss_fn, batch)
+    dtype = next(model.parameters()).dtype
+    if float64 is None:
+        float64 = dtype != torch.float64 and sum(p.numel() for p in model.parameters()) <= FLOAT64_MAX_PARAMS
+    if float64 and dtype != torch.float64:
+        try:  # a loss that builds tensors of its own dtype cannot run in float64: check in the model's
+            wide, wide_batch = copy.deepcopy(model).double(), _upcast(batch, torch.float64)
+            base = _loss_and_grads(wide, loss_fn, wide_batch)
+            model, batch = wide, wide_batch
+        except RuntimeError:  # torch's dtype-mismatch error
+            base = None if dtype in (torch.float16, torch.bfloat16) else base
+            float64 = False
+    if not float64 and dtype in (torch.float16, torch.bfloat16):  # their round-off hides nothing less
+        model, batch, base = copy.deepcopy(model).float(), _upcast(batch), None  # than a broken symmetry
+    if base is None:
+        base = _loss_and_grads(model, loss_fn, batch)
     dtype = next(model.parameters()).dtype
     tol = rtol if rtol is not None else (1e-9 if dtype == torch.float64 else 1e-4)
     checks, skipped = [], []
@@ -131,6 +154,16 @@ def _group(model: nn.Module, checks: list) -> list[list[int]]:
     return [members for members, _ in groups]
 
 
+def _pieces(got: torch.Tensor, want: torch.Tensor, members):
+    """(got, want) for the whole gradient and for every segment of a member with ``offsets`` (a fused
+    projection's query, key and value rows) on its own: a segment whose gradients are hundreds of times smaller
+    than the rest of the tensor (the queries and keys of a fused c_attn) is compared at its own scale."""
+    yield got, want
+    for m in members:
+        for off in m.offsets or ():
+            yield got.narrow(m.axis, off, m.span), want.narrow(m.axis, off, m.span)
+
+
 def _is_symmetry(model, checks, loss_fn, batch, base, tol):
     """Does permuting every ``(layer, perm)`` of ``checks`` (commuting layers, :func:`_group`) keep the loss
     and permute every gradient? Each gradient is compared relative to its own size, with an absolute floor of
@@ -158,11 +191,12 @@ def _is_symmetry(model, checks, loss_fn, batch, base, tol):
             expected = permute_tensor(expected, m, perm)
         if not expected.numel():
             continue
-        diff = float((grads[name] - expected).abs().max())
-        size = float(expected.abs().max())
         floor = ROUNDOFF_ULPS * torch.finfo(expected.dtype).eps * overall
-        if diff > 100 * tol * size + floor:
-            bad.append((diff / max(size, 1e-300), name, size))
+        for got, want in _pieces(grads[name], expected, [m for m, _ in owner.get(name, ())]):
+            diff, size = float((got - want).abs().max()), float(want.abs().max())
+            if diff > 100 * tol * size + floor:
+                bad.append((diff / max(size, 1e-300), name, size))
+                break
     if bad:
         rel, name, size = max(bad)
         others = sorted(n for _, n, _ in bad if n != name)
@@ -221,13 +255,15 @@ def _diagnose(model, layer, perm, loss_fn, batch, base, tol, max_tries: int = 24
     return "No one-parameter change repairs it; check the axes of " + ", ".join(sorted(in_layout)) + "."
 
 
-def _upcast(batch):
+def _upcast(batch, dtype=torch.float32):
+    """``batch`` with its floating tensors of a lower precision than ``dtype`` cast to ``dtype``."""
     if isinstance(batch, torch.Tensor):
-        return batch.float() if batch.dtype in (torch.float16, torch.bfloat16) else batch
+        lower = batch.is_floating_point() and torch.finfo(batch.dtype).bits < torch.finfo(dtype).bits
+        return batch.to(dtype) if lower else batch
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_upcast(b) for b in batch)
+        return type(batch)(_upcast(b, dtype) for b in batch)
     if isinstance(batch, dict):
-        return {k: _upcast(v) for k, v in batch.items()}
+        return {k: _upcast(v, dtype) for k, v in batch.items()}
     return batch
 
 
@@ -244,4 +280,4 @@ def _loss_and_grads(model, loss_fn, batch, copy_model: bool = True):
                                   for n, g in zip(names, grads)}
 
 
-__all__ = ["preflight", "PreflightReport", "ROUNDOFF_ULPS"]
+__all__ = ["preflight", "PreflightReport", "ROUNDOFF_ULPS", "FLOAT64_MAX_PARAMS"]
