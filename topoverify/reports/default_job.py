@@ -16,7 +16,7 @@ The default plan (:func:`default_plan`; the ``quick`` form in brackets, < 30 s o
   at the initial state (T3). GD's edge of stability on this scenario lies ~40x below η* (T8): the multiples
   span the preserving range (max lr·K < 1 at every step), the catapult range near lr ≈ 0.03 η* (lr·K crosses 1
   for a few steps, the run recovers) and divergence; distance-ratio envelopes and sharpness recorded, and
-  ``predict_step(hessian=True)`` at θ_0 for the per-layer table. 7 rates x 200 steps [2 rates, preserving
+  ``predict_step(hessian=[run].sharpness)`` at θ_0 for the per-layer table. 7 rates x 200 steps [2 rates, preserving
   and diverging, x 50 steps: the catapult needs ~75 steps].
 * ``simplification/SGD``: the simplification scenario at its "preserve" and "simplify" rates: topology kept,
   and topology simplified while training converges (the paper's two phases on real runs), SIMPLIFICATION_STEPS
@@ -279,7 +279,8 @@ def _rates(sec: Section, scenario):
         model = scenario.model()
         opt = sec.optimizer(model, sec.rates[0] if sec.rates else 1.0)
         try:
-            pred = predict_step(model, opt, scenario.loss_fn, scenario.batch_at(0), hessian=True)
+            pred = predict_step(model, opt, scenario.loss_fn, scenario.batch_at(0),  # λ_max and K_layer:
+                                hessian=sec.sharpness)  # whole-model Hessian products, as T8's record
         except (UnsupportedError, NonFiniteError) as exc:
             if sec.rate_multiples:
                 raise
