@@ -36,7 +36,7 @@ from topoverify.measure.attention_field import (_coarser, bias_offset, capture_b
 from topoverify.measure.hull_bounds import HullBounds, _lambda_max_weighted
 from topoverify.measure.interval import U64, gamma, round_up
 from topoverify.measure.sampling import midpoints_with, nearest_neighbors
-from topoverify.measure.unit_field import PowerField, member_count, member_rows
+from topoverify.measure.unit_field import PowerField, member_rows
 from topoverify.neurons.layouts import NeuronLayer, neuron_cloud
 
 QK_ROTARY_REASON = ("with rotary position embeddings each pair of query/key dims has its own frequency, so the "
@@ -150,7 +150,7 @@ def _roles(layer: NeuronLayer, member) -> tuple[str, ...]:
 
 def qk_coordinates(layer: NeuronLayer, shapes: dict) -> dict[str, torch.Tensor]:
     """Where each role (q, k: weight rows; q_bias, k_bias) of one dim sits in the cloud's coordinates."""
-    total = sum(member_count(mb) * math.prod(int(n) for a, n in enumerate(shapes[mb.name]) if a != mb.axis)
+    total = sum(mb.width * math.prod(int(n) for a, n in enumerate(shapes[mb.name]) if a != mb.axis)
                 for mb in layer.members)
     start = 0
     probe = torch.arange(total, dtype=torch.float64)[None]

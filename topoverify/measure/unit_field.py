@@ -20,6 +20,7 @@ its outputs), and a chunk holds ``budget // bytes`` points.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
@@ -43,7 +44,7 @@ def power_values(HV: torch.Tensor, V: torch.Tensor, decay, shift):
     return HV, norms, (norms if shift is None else (V * HV).sum(dim=1) - shift)
 
 
-class PowerField:
+class PowerField(abc.ABC):
     """Power iteration on a field's Jacobian J(z) = ∇²Φ(z) (+ diag(decay)) for subclasses that give
     ``_hvp(Z, V)`` (P×d each: ∇²Φ(z_p) v_p) and ``_chunk_rows()``. Semantics of
     :meth:`BlockSamples.hessian_norm_lower` / :meth:`BlockSamples.top_eigenvalue_lower` (estimates, T2/T3)."""
@@ -51,11 +52,13 @@ class PowerField:
     dim: int
     kind: str = "unit"
 
-    def _hvp(self, Z: torch.Tensor, V: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _hvp(self, Z: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """∇²Φ(z_p) v_p for every row p of ``Z`` and ``V``."""
 
-    def _chunk_rows(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _chunk_rows(self) -> int:
+        """How many points one chunk of the power iteration takes (a memory budget)."""
 
     def hessian_norm_lower(self, Z: torch.Tensor, decay: torch.Tensor | None = None, iters: int = 50,
                            tol: float = 1e-4, generator: torch.Generator | None = None,
@@ -189,18 +192,12 @@ class UnitField(PowerField):
 __all__ = ["DEFAULT_MEMORY_BUDGET", "PowerField", "UnitField"]
 
 
-def member_count(member) -> int:
-    """How many indices of ``member.axis`` one unit owns: ``block``, or segments × ``block`` with offsets."""
-    offsets = getattr(member, "offsets", None)
-    return member.block * (len(offsets) if offsets else 1)
-
-
 def member_rows(member, shape, z: torch.Tensor, start: int) -> tuple[torch.Tensor, int]:
     """The unit's slice of one member from its flat coordinates ``z[..., start:]`` (leading dims: points): a
     (count × rest) matrix whose
     row k is the parameter at the unit's k-th index along ``member.axis`` (the inverse of the cloud's
     ``neuron_blocks`` row for one unit), and the start of the next member's coordinates."""
-    count = member_count(member)
+    count = member.width
     rest = 1
     for k, s in enumerate(shape):
         if k != member.axis:
@@ -209,4 +206,4 @@ def member_rows(member, shape, z: torch.Tensor, start: int) -> tuple[torch.Tenso
     return z[..., start:end].reshape(*z.shape[:-1], count, rest), end
 
 
-__all__ += ["member_count", "member_rows"]
+__all__ += ["member_rows"]
