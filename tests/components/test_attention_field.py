@@ -86,6 +86,10 @@ def test_vo_certified_bound_is_above_estimate_and_heads_have_none():
     est = float(field.hessian_norm_lower(cloud, neighbors=2, generator=torch.Generator().manual_seed(0)).max())
     hull = field.hull_bounds(cloud)
     assert 0 < est <= hull.norm < math.inf
+    # independently: the V/O potential Φ(w, a) = Σ_r (D_r·a)(H_r·w) is bilinear, so its Hessian is the constant
+    # [[0, C], [Cᵀ, 0]] at every point, whose norm is σ_max(C): form it with torch.func at one unit, exactly
+    exact = float(torch.linalg.matrix_norm(torch.func.hessian(field.potential)(cloud[0]), ord=2))
+    assert exact <= hull.norm and est <= exact * (1 + 1e-9)
     hf, _ = unit_field(model, heads, loss_fn, x)
     hb = hf.hull_bounds(neuron_cloud(model, heads))
     assert hb.norm == math.inf and "K is an estimate" in hb.reason
